@@ -1,0 +1,92 @@
+"""The ``ddbench`` command line: the only place that prints.
+
+Each subcommand is a module in this package with ``register(subparsers)``; heavy imports happen inside the
+subcommand's function so ``ddbench list`` starts fast. Errors a user can fix are printed as one red line and exit
+with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+SUBCOMMANDS = (
+    "ddbench.cli.list_cmd",
+    "ddbench.cli.teacher_cmd",
+    "ddbench.cli.run_cmd",
+    "ddbench.cli.table_cmd",
+    "ddbench.cli.show_cmd",
+)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is a complete, actionable sentence for the user."""
+    from ddbench.config import ConfigError
+    from ddbench.data.spec import DatasetError
+    from ddbench.registry import RegistryError
+
+    found: list[type[BaseException]] = [ConfigError, DatasetError, RegistryError]
+    for module, name in (("ddbench.distilled", "CorruptArtifact"), ("ddbench.errors", "UserError")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+def setup_logging(verbose: int) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)], force=True
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddbench",
+        description="Run dataset-distillation methods end to end and compare them fairly.",
+        epilog="Example: ddbench run --method random --dataset digits",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=1, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # subcommand not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    setup_logging(0 if args.quiet else args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except user_errors() as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]; finished stages are kept and the same command resumes")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

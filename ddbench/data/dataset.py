@@ -1,0 +1,262 @@
+"""The dataset handle methods and the evaluator receive, and :func:`load_dataset` that builds it.
+
+A format module (``ddbench.data.digits``, ``.cifar``, ``.idx``, ``.tiny_imagenet``, ``.imagenet``, ``.folder``)
+provides two functions:
+
+* ``detect(path: Path, spec) -> bool``: does ``path`` hold this dataset in this format?
+* ``load(path: Path | None, spec, download: bool) -> Splits``: read it.
+
+and optionally ``search_paths(spec) -> list[Path]`` of system locations (Debian's fashion-mnist). The spec's
+``loader`` names the module. Roots are searched in this order: ``--data-root``, ``$DDBENCH_DATA``, the module's
+system paths; under each root, the root itself and then each of the spec's ``folder_names``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from ddbench.data.source import ImageSource, SubsetSource, TensorSource
+from ddbench.data.spec import DatasetError, DatasetSpec, class_order_hash
+from ddbench.io import atomic_file, home, lock
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Splits:
+    """What a format module returns: train and test sources in canonical class order."""
+
+    train: ImageSource
+    test: ImageSource
+    classes: tuple[str, ...]
+    fingerprint: str = ""  # identifies the files read (for the tensor cache); empty disables caching
+
+
+@dataclass
+class Dataset:
+    """A loaded dataset: spec, real train/val/test images, per-class access and normalization.
+
+    ``val`` is a deterministic hold-out carved from train (see :meth:`with_holdout`); the test split is for the
+    final number only and never chooses anything.
+    """
+
+    spec: DatasetSpec
+    train: ImageSource
+    test: ImageSource
+    root: Path | None = None
+    val: ImageSource | None = None
+    _class_index: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    # -- facts ------------------------------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        assert self.spec.classes is not None
+        return self.spec.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_hash(self) -> str:
+        return class_order_hash(self.classes)
+
+    @property
+    def img_size(self) -> int:
+        return self.spec.img_size
+
+    @property
+    def channels(self) -> int:
+        return self.spec.channels
+
+    # -- per-class access -------------------------------------------------------------------------------------
+    def class_indices(self, c: int) -> torch.Tensor:
+        """Indices into ``train`` of every image of class ``c``, ascending."""
+        if c not in self._class_index:
+            self._class_index[c] = torch.nonzero(self.train.labels == c).flatten()
+        return self._class_index[c]
+
+    def images_of_class(self, c: int, k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 images of class ``c``: all of them, or ``k`` drawn without replacement with ``generator``."""
+        idx = self.class_indices(c)
+        if k is not None:
+            if k > idx.numel():
+                raise DatasetError(f"{self.id}: class {c} has {idx.numel()} train images, {k} were asked for")
+            idx = idx[torch.randperm(idx.numel(), generator=generator)[:k]]
+        return self.train.load(idx)
+
+    # -- normalization ----------------------------------------------------------------------------------------
+    def mean_std(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        m = torch.tensor(self.spec.mean, device=device).view(1, -1, 1, 1)
+        s = torch.tensor(self.spec.std, device=device).view(1, -1, 1, 1)
+        return m, s
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or [0,1] float) images → normalized float32 on x's device."""
+        m, s = self.mean_std(x.device)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        return (x - m) / s
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """normalized float → [0,1] float (not clamped)."""
+        m, s = self.mean_std(x.device)
+        return x * s + m
+
+    # -- derived datasets -------------------------------------------------------------------------------------
+    def with_num_classes(self, n: int | None) -> Dataset:
+        """The first ``n`` canonical classes only (labels unchanged, since they are already 0..n-1)."""
+        if n is None or n == self.num_classes:
+            return self
+        if not 1 <= n <= self.num_classes:
+            raise DatasetError(f"--num-classes must be in 1..{self.num_classes} for {self.id}, got {n}")
+        spec = replace(self.spec, classes=self.classes[:n])
+
+        def keep(src: ImageSource) -> ImageSource:
+            return SubsetSource(src, torch.nonzero(src.labels < n).flatten())
+
+        val = keep(self.val) if self.val is not None else None
+        return Dataset(spec, keep(self.train), keep(self.test), self.root, val)
+
+    def with_holdout(self, per_class: int, seed: int = 0) -> Dataset:
+        """Move ``per_class`` train images of every class into ``val``, chosen by ``seed``, deterministically.
+
+        Learning rates or epochs may be chosen on ``val``; never on ``test``.
+        """
+        g = torch.Generator().manual_seed(seed)
+        val_idx, train_idx = [], []
+        for c in range(self.num_classes):
+            idx = self.class_indices(c)
+            if per_class >= idx.numel():
+                raise DatasetError(f"{self.id}: class {c} has {idx.numel()} images, cannot hold out {per_class}")
+            perm = idx[torch.randperm(idx.numel(), generator=g)]
+            val_idx.append(perm[:per_class])
+            train_idx.append(perm[per_class:])
+        train = SubsetSource(self.train, torch.cat(train_idx).sort().values)
+        val = SubsetSource(self.train, torch.cat(val_idx).sort().values)
+        return Dataset(self.spec, train, self.test, self.root, val)
+
+
+# -- locating and loading ---------------------------------------------------------------------------------------
+def _format_module(spec: DatasetSpec) -> ModuleType:
+    return importlib.import_module(spec.loader)
+
+
+def candidate_roots(spec: DatasetSpec, data_root: str | Path | None = None) -> list[Path]:
+    """Every directory that is probed for ``spec``, in order."""
+    bases: list[Path] = []
+    if data_root:
+        bases.append(Path(data_root).expanduser())
+    if os.environ.get("DDBENCH_DATA"):
+        bases.append(Path(os.environ["DDBENCH_DATA"]).expanduser())
+    module = _format_module(spec)
+    system = list(getattr(module, "search_paths", lambda s: [])(spec))
+    out: list[Path] = []
+    for base in bases:
+        out.append(base)
+        out += [base / name for name in spec.folder_names]
+    out += system
+    seen: set[Path] = set()
+    return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def locate(spec: DatasetSpec, data_root: str | Path | None = None) -> Path | None:
+    """The first candidate root where the format module detects the dataset, or None."""
+    module = _format_module(spec)
+    if not hasattr(module, "detect"):
+        return None
+    for path in candidate_roots(spec, data_root):
+        try:
+            if path.is_dir() and module.detect(path, spec):
+                return path
+        except OSError:
+            continue
+    return None
+
+
+def _cache_path(spec: DatasetSpec, fingerprint: str) -> Path:
+    return home() / "datasets" / f"{spec.id}-{fingerprint}.pt"
+
+
+def _load_cached(spec: DatasetSpec, fingerprint: str) -> Splits | None:
+    path = _cache_path(spec, fingerprint)
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, weights_only=True)
+        return Splits(
+            TensorSource(blob["train_x"], blob["train_y"]),
+            TensorSource(blob["test_x"], blob["test_y"]),
+            tuple(blob["classes"]),
+            fingerprint,
+        )
+    except Exception as exc:  # a corrupt cache is rebuilt, never trusted
+        logger.warning("dataset cache %s unreadable (%s); rebuilding", path, exc)
+        return None
+
+
+def _store_cached(spec: DatasetSpec, splits: Splits) -> None:
+    path = _cache_path(spec, splits.fingerprint)
+    blob = {
+        "train_x": splits.train.all(),
+        "train_y": splits.train.labels,
+        "test_x": splits.test.all(),
+        "test_y": splits.test.labels,
+        "classes": list(splits.classes),
+    }
+    with lock(path), atomic_file(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def load_dataset(
+    name: str, data_root: str | Path | None = None, num_classes: int | None = None, download: bool = False
+) -> Dataset:
+    """Load a registered dataset by name; the entry point every command uses.
+
+    Raises:
+        DatasetError: with one line naming the expected layout, the places searched and how to get the data.
+    """
+    from ddbench.data import DATASETS
+
+    spec: DatasetSpec = DATASETS.get(name)
+    module = _format_module(spec)
+    root = locate(spec, data_root)
+    if root is None and not getattr(module, "NEEDS_NO_ROOT", False):
+        if download and hasattr(module, "download"):
+            root = module.download(Path(data_root or os.environ.get("DDBENCH_DATA") or home() / "data"), spec)
+        else:
+            where = ", ".join(str(p) for p in candidate_roots(spec, data_root)) or "(no --data-root or $DDBENCH_DATA)"
+            raise DatasetError(
+                f"{spec.id}: expected {getattr(module, 'LAYOUT', 'its files')}; looked in {where}. {spec.how_to_get}"
+            )
+    fingerprint = getattr(module, "fingerprint", lambda p, s: "")(root, spec) if spec.in_memory else ""
+    splits = _load_cached(spec, fingerprint) if fingerprint else None
+    if splits is None:
+        splits = module.load(root, spec, download)
+        if spec.in_memory and not isinstance(splits.train, TensorSource):
+            splits = Splits(
+                TensorSource(splits.train.all(), splits.train.labels),
+                TensorSource(splits.test.all(), splits.test.labels),
+                splits.classes,
+                splits.fingerprint,
+            )
+        if spec.in_memory and splits.fingerprint:
+            _store_cached(spec, splits)
+    if spec.classes is not None and tuple(splits.classes) != tuple(spec.classes):
+        raise DatasetError(
+            f"{spec.id}: the files at {root} list classes in a different order than the spec "
+            f"(hash {class_order_hash(splits.classes)} != {spec.class_hash}); refusing to mix class orders"
+        )
+    spec = replace(spec, classes=tuple(splits.classes))
+    ds = Dataset(spec, splits.train, splits.test, root)
+    return ds.with_num_classes(num_classes)

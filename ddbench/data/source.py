@@ -1,0 +1,115 @@
+"""Image sources: uint8 images addressable by index, in memory or streamed from files.
+
+Every split of every dataset is an :class:`ImageSource`, so methods and the evaluator never care whether
+CIFAR sits in RAM or ImageNet streams from disk. Images are always uint8 ``[N, C, H, W]``; normalization
+happens on the device, batched, where it is cheap.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class ImageSource(abc.ABC):
+    """Indexable uint8 images with int64 labels."""
+
+    labels: torch.Tensor  # [N] int64
+    img_size: int
+    channels: int
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    @abc.abstractmethod
+    def load(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """uint8 ``[len(indices), C, H, W]`` in the order given."""
+
+    def all(self) -> torch.Tensor:
+        """Every image as one tensor; only sensible for small datasets."""
+        return self.load(torch.arange(len(self)))
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> ImageSource:
+        return SubsetSource(self, torch.as_tensor(indices, dtype=torch.long))
+
+
+class TensorSource(ImageSource):
+    """A split held in memory as one uint8 tensor."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 [N,C,H,W], got {images.dtype} {tuple(images.shape)}")
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        self.images = images
+        self.labels = labels.to(torch.long)
+        self.channels = int(images.shape[1])
+        self.img_size = int(images.shape[-1])
+
+    def load(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+
+    def all(self) -> torch.Tensor:
+        return self.images
+
+
+class SubsetSource(ImageSource):
+    """A view of another source restricted to some indices (class subsets, validation splits)."""
+
+    def __init__(self, base: ImageSource, indices: torch.Tensor) -> None:
+        self.base = base
+        self.indices = indices
+        self.labels = base.labels[indices]
+        self.channels = base.channels
+        self.img_size = base.img_size
+
+    def load(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        return self.base.load(self.indices[torch.as_tensor(indices, dtype=torch.long)])
+
+
+def decode_image(path: str | Path, size: int, channels: int) -> np.ndarray:
+    """Decode one image file to uint8 HWC at ``size``×``size`` (grayscale→RGB when 3 channels are wanted).
+
+    Images that are not square or not at ``size`` are resized with a short-side resize and a centre crop,
+    the standard test-time preprocessing (ImageNet: resize then centre-crop).
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB" if channels == 3 else "L")
+        if im.size != (size, size):
+            w, h = im.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            im = im.resize((nw, nh), Image.BILINEAR)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr if arr.ndim == 3 else arr[:, :, None]
+
+
+class FileSource(ImageSource):
+    """A split streamed from image files, decoded on demand (ImageNet-scale data never fully in memory)."""
+
+    def __init__(self, paths: Sequence[str | Path], labels: Sequence[int] | torch.Tensor, img_size: int, channels: int):
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths = [str(p) for p in paths]
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.img_size = img_size
+        self.channels = channels
+
+    def load(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        idx = torch.as_tensor(indices, dtype=torch.long).tolist()
+        arrs = [decode_image(self.paths[i], self.img_size, self.channels) for i in idx]
+        if not arrs:
+            return torch.empty(0, self.channels, self.img_size, self.img_size, dtype=torch.uint8)
+        return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+
+    def materialize(self) -> TensorSource:
+        """Decode everything into a :class:`TensorSource` (small datasets only)."""
+        return TensorSource(self.all(), self.labels)

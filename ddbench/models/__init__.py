@@ -1,0 +1,68 @@
+"""The model zoo: one factory for every architecture teachers and students use.
+
+``create_model(arch, num_classes, img_size, in_chans)`` builds any registered architecture. Definitions come
+from timm or torchvision wherever they exist; small-input stems (the SRe2L/DWA low-res ResNet: 3×3 stride-1
+stem, no max-pool, and equivalents for the other families) are construction-time variants chosen from
+``img_size``, never surgery after construction.
+
+Every model returned here follows one feature contract, used by the diversity metric and herding:
+
+* ``forward(x)`` → logits ``[N, num_classes]``.
+* ``forward_features(x)`` → the last feature map before global pooling (ResNet: the layer4 block output after the
+  residual add and ReLU) or tokens for transformers.
+* ``forward_head(features, pre_logits=True)`` → the pooled penultimate vector ``[N, num_features]``.
+* ``num_features`` → its width.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ddbench.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+ARCHS: Registry[Any] = Registry("architecture")
+
+_BUILTIN = {
+    "resnet18": "ddbench.models.resnet:resnet18",
+    "resnet50": "ddbench.models.resnet:resnet50",
+    "resnet101": "ddbench.models.resnet:resnet101",
+    "mobilenetv2": "ddbench.models.mobilenet:mobilenetv2",
+    "shufflenetv2": "ddbench.models.shufflenet:shufflenetv2",
+    "efficientnet_b0": "ddbench.models.efficientnet:efficientnet_b0",
+    "vgg11_bn": "ddbench.models.vgg:vgg11_bn",
+    "vgg16_bn": "ddbench.models.vgg:vgg16_bn",
+    "deit_tiny_bn": "ddbench.models.deit_bn:deit_tiny_bn",
+    "convnet": "ddbench.models.convnet:convnet",
+    "convnet_bn": "ddbench.models.convnet:convnet_bn",
+    "resnet_ap10": "ddbench.models.resnet_ap:resnet_ap10",
+}
+_ALIASES = {
+    "mobilenetv2": ("mobilenetv2_100", "mobilenet_v2"),
+    "shufflenetv2": ("shufflenet_v2_x1_0", "shufflenet_v2"),
+    "deit_tiny_bn": ("deit_tiny_bn_patch16",),
+}
+for _name, _target in _BUILTIN.items():
+    ARCHS.register(_name, _target, aliases=_ALIASES.get(_name, ()), origin="builtin")
+
+
+def create_model(arch: str, num_classes: int, img_size: int = 32, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+    """Build ``arch`` for ``num_classes`` classes and ``img_size``-pixel, ``in_chans``-channel inputs.
+
+    Keyword arguments that are None are dropped, so unset CLI flags never override a model's defaults (timm).
+    """
+    factory = ARCHS.get(arch)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    model = factory(num_classes=num_classes, img_size=img_size, in_chans=in_chans, **kwargs)
+    model.ddbench_arch = ARCHS.canonical(arch)
+    return model
+
+
+def list_models(pattern: str = "*", exclude: str | list[str] = ()) -> list[str]:
+    """Registered architecture names matching an fnmatch pattern, like timm's ``list_models``."""
+    return ARCHS.list(pattern, exclude)
+
+
+__all__ = ["ARCHS", "create_model", "list_models"]
