@@ -1,0 +1,30 @@
+"""Shared fixtures: every test gets its own DDBENCH_HOME, and no test sees a user's DDBENCH_DATA."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    """Real datasets for `data`-marked tests: $DDBENCH_TEST_DATA or ../shared/data beside the repo."""
+    return Path(os.environ.get("DDBENCH_TEST_DATA") or REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path_factory.mktemp("ddbench-home")
+    monkeypatch.setenv("DDBENCH_HOME", str(home))
+    monkeypatch.delenv("DDBENCH_DATA", raising=False)
+    return home
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads() -> None:
+    # CI has 2 cores; more threads only adds contention.
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
