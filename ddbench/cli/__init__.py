@@ -31,15 +31,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is a complete, actionable sentence for the user."""
     from ddbench.config import ConfigError
     from ddbench.data.spec import DatasetError
+    from ddbench.distilled import CorruptArtifact
+    from ddbench.errors import UserError
     from ddbench.registry import RegistryError
 
-    found: list[type[BaseException]] = [ConfigError, DatasetError, RegistryError]
-    for module, name in (("ddbench.distilled", "CorruptArtifact"), ("ddbench.errors", "UserError")):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(found)
+    return (ConfigError, DatasetError, RegistryError, CorruptArtifact, UserError)
 
 
 def setup_logging(verbose: int) -> None:

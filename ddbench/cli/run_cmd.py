@@ -1,0 +1,201 @@
+"""``ddbench run`` (distil + evaluate + table) and ``ddbench eval RUN`` (add evaluation rows to a run)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+RUN_EPILOG = """examples:
+  ddbench run --method random --dataset digits
+  ddbench run --method dwa --dataset cifar10 --ipc 10 --preset paper --device cuda
+  ddbench run --method sre2l --dataset tiny-imagenet --data-root ~/data --preset cpu --num-classes 10
+  ddbench run --method dwa --dataset cifar10 --set iterations=500 --set rho=0.03
+"""
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-archs", "--archs", dest="archs", default=None, help="comma-separated student architectures")
+    g.add_argument("--protocol", default=None, help="evaluation protocol (default: the dataset's)")
+    g.add_argument("--seeds", default=None, help="comma-separated evaluation seeds (default: the protocol's count)")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast for students on CUDA")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format on CUDA")
+    g.add_argument("--store", default=None, help="results database (default $DDBENCH_HOME/results.sqlite)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="distil a dataset with a method, evaluate it, store and print the records",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--method", required=True, help="method id (ddbench list methods)")
+    p.add_argument("--dataset", default="digits", help="dataset id (ddbench list datasets); default digits")
+    p.add_argument("--ipc", type=int, default=10, help="images per class (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="distillation seed")
+    p.add_argument("--preset", default="auto", help="config profile: paper | cpu | auto (paper on CUDA, cpu otherwise)")
+    p.add_argument("--config", dest="config_file", default=None, help="TOML file of method config overrides")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override")
+    p.add_argument("--num-classes", type=int, default=None, help="only the first N canonical classes")
+    p.add_argument("--data-root", default=None, help="where datasets live (also $DDBENCH_DATA)")
+    p.add_argument("--no-eval", action="store_true", help="distil only")
+    _add_eval_args(p)
+    p.set_defaults(func=execute_run)
+
+    e = sub.add_parser(
+        "eval",
+        help="evaluate an existing run on more architectures, protocols or seeds",
+        epilog="example: ddbench eval dwa-1a2b3c --archs resnet50,vgg16_bn --seeds 0,1,2",
+    )
+    e.add_argument("run", help="run id (or unique prefix) or run directory")
+    _add_eval_args(e)
+    e.set_defaults(func=execute_eval)
+
+
+@contextlib.contextmanager
+def rich_progress() -> Iterator[Any]:
+    """A ``progress(stage, done, total)`` callback drawing one rich bar per stage."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ddbench.cli import err_console
+
+    bars = Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total)
+        bars.update(tasks[stage], completed=done, total=total)
+
+    with bars:
+        yield progress
+
+
+def _device(arg: str | None) -> str:
+    import torch
+
+    return arg or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _eval_request(args: argparse.Namespace) -> Any:
+    from ddbench.pipeline import DEFAULT_EVAL_ARCHS, EvalRequest
+
+    seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else None
+    return EvalRequest(
+        archs=_csv(args.archs) or DEFAULT_EVAL_ARCHS,
+        protocol=args.protocol,
+        seeds=seeds,
+        amp=args.amp,
+        channels_last=args.channels_last,
+    )
+
+
+def _print_table(state: Any, rows: list[dict[str, Any]], eval_req: Any) -> None:
+    import pandas as pd
+
+    from ddbench.cli import console
+    from ddbench.tables import build_table
+
+    if not rows:
+        return
+    df = pd.DataFrame(rows)
+    protocol = rows[0]["protocol"]
+    teachers = ", ".join(t.id for t in state.teachers) or "dataset default"
+    caption = (
+        f"{state.dataset.id}, ipc {state.request.ipc}: top-1 (%) mean±std over seeds, "
+        f"protocol {protocol} v{rows[0]['protocol_version']}, teacher {teachers}"
+    )
+    console.print(build_table(df, archs=list(eval_req.archs), fmt="md", caption=caption))
+
+
+def _finish(state: Any, distilled: Any, args: argparse.Namespace, eval_req: Any, store: Any, progress: Any) -> None:
+    from ddbench.cli import console
+    from ddbench.pipeline import evaluate_run, record_diversity
+
+    rows = evaluate_run(state, distilled, eval_req, store, progress)
+    try:
+        diversity = record_diversity(state, distilled, store)
+    except ImportError:
+        diversity = {}
+    _print_table(state, rows, eval_req)
+    if diversity.get("feat_dist_mean") is not None:
+        console.print(
+            f"diversity: feat_dist_mean {diversity['feat_dist_mean']:.4g}"
+            + (f", relative to real {diversity['feat_dist_rel']:.3f}" if "feat_dist_rel" in diversity else "")
+        )
+
+
+def execute_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ddbench.cli import console
+    from ddbench.config import parse_overrides
+    from ddbench.pipeline import RunRequest, default_profile, distill, prepare, record_run
+    from ddbench.store import Store
+
+    device = _device(args.device)
+    profile = default_profile(torch.device(device)) if args.preset == "auto" else args.preset
+    request = RunRequest(
+        method=args.method,
+        dataset=args.dataset,
+        ipc=args.ipc,
+        seed=args.seed,
+        profile=profile,
+        num_classes=args.num_classes,
+        data_root=args.data_root,
+        config_file=args.config_file,
+        overrides=parse_overrides(args.overrides),
+        device=device,
+    )
+    store = Store(args.store)
+    eval_req = _eval_request(args)
+    console.print(
+        f"[bold]ddbench run[/] {request.method} on {request.dataset} ipc {request.ipc}, "
+        f"profile [cyan]{profile}[/], device {device}"
+    )
+    with rich_progress() as progress:
+        state = prepare(request, progress)
+        console.print(f"run [bold green]{state.run_id}[/] → {state.run_dir}")
+        distilled = distill(state, progress)
+        record_run(state, distilled, store)
+        if not args.no_eval:
+            _finish(state, distilled, args, eval_req, store, progress)
+    console.print(f"artifact: {state.artifact_dir}\nrecords:  {store.path}")
+    return 0
+
+
+def execute_eval(args: argparse.Namespace) -> int:
+    from ddbench.cli import console
+    from ddbench.distilled import DistilledSet
+    from ddbench.pipeline import find_run, load_request, prepare
+    from ddbench.store import Store
+
+    run_dir = find_run(args.run)
+    request = load_request(run_dir)
+    if args.device:
+        request.device = args.device
+    store = Store(args.store)
+    eval_req = _eval_request(args)
+    with rich_progress() as progress:
+        state = prepare(request, progress)
+        if state.run_id != run_dir.name:  # code or presets changed since the run: score the artifact that exists
+            state.run_id, state.run_dir = run_dir.name, run_dir
+        distilled = DistilledSet.load(state.artifact_dir)
+        _finish(state, distilled, args, eval_req, store, progress)
+    console.print(f"records: {store.path}")
+    return 0
