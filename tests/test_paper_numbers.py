@@ -1,0 +1,128 @@
+"""Sanity checks for the published-number tables in leaderboards/papers/*.csv.
+
+Format: exact header, valid ids, 0 <= top1 <= 100, unique keys. Content: a handful of headline cells spot-checked
+against the SRe2L/DWA spec §8 (which itself restates the DWA paper), plus the paper's own internal consistency
+between Table 3 (directed column) and Table 4 (ResNet-18-distilled DWA rows).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+PAPERS = Path(__file__).resolve().parents[1] / "leaderboards" / "papers"
+HEADER = [
+    "method", "dataset", "ipc", "distill_arch", "eval_arch", "protocol_note",
+    "top1", "top1_std", "paper", "table", "row", "note",
+]  # fmt: skip
+DATASETS = {"cifar10", "cifar100", "tiny-imagenet", "imagenet-1k"}
+KEY = ["method", "dataset", "ipc", "distill_arch", "eval_arch", "table"]
+CSVS = sorted(PAPERS.glob("*.csv"))
+
+
+def _load(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def allrows() -> pd.DataFrame:
+    return pd.concat([_load(p).assign(_file=p.name) for p in CSVS], ignore_index=True)
+
+
+def test_expected_files_present() -> None:
+    names = {p.name for p in CSVS}
+    assert {"dwa.csv", "sre2l.csv", "others-from-dwa.csv"} <= names
+
+
+@pytest.mark.parametrize("path", CSVS, ids=lambda p: p.name)
+def test_header_and_values(path: Path) -> None:
+    with path.open(encoding="utf-8") as fh:
+        assert fh.readline().rstrip("\r\n").split(",") == HEADER
+    df = _load(path)
+    assert len(df) > 0
+    assert set(df["dataset"]) <= DATASETS, set(df["dataset"]) - DATASETS
+    assert df["method"].str.fullmatch(r"[a-z0-9][a-z0-9_\-]*").all()
+    assert df["ipc"].str.fullmatch(r"[1-9]\d*").all()
+    for col in ("distill_arch", "eval_arch", "paper", "table", "row"):
+        assert (df[col].str.strip() != "").all(), col
+    top1 = pd.to_numeric(df["top1"], errors="raise")
+    assert ((top1 >= 0) & (top1 <= 100)).all()
+    std = df["top1_std"][df["top1_std"] != ""]
+    assert (pd.to_numeric(std, errors="raise") >= 0).all()
+
+
+def test_unique_keys(allrows: pd.DataFrame) -> None:
+    dup = allrows[allrows.duplicated(KEY, keep=False)]
+    assert dup.empty, dup[[*KEY, "_file"]].to_string()
+
+
+def _cell(df: pd.DataFrame, method: str, dataset: str, ipc: int, da: str, ea: str, table: str) -> pd.Series:
+    hit = df[
+        (df.method == method)
+        & (df.dataset == dataset)
+        & (df.ipc == str(ipc))
+        & (df.distill_arch == da)
+        & (df.eval_arch == ea)
+        & (df.table == table)
+    ]
+    assert len(hit) == 1, (method, dataset, ipc, da, ea, table, len(hit))
+    return hit.iloc[0]
+
+
+# (method, dataset, ipc, distill_arch, eval_arch, table, top1, std or None): spec sre2l-dwa.md §8.
+HEADLINE = [
+    ("dwa", "cifar10", 10, "resnet18", "resnet18", "Table 1", 32.6, 0.4),
+    ("sre2l", "cifar10", 10, "resnet18", "resnet18", "Table 1", 27.2, 0.4),
+    ("dwa", "cifar100", 10, "resnet18", "resnet18", "Table 1", 39.6, 0.6),
+    ("sre2l", "cifar100", 50, "resnet18", "resnet18", "Table 1", 52.2, 0.3),
+    ("dwa", "cifar100", 50, "resnet18", "resnet18", "Table 1", 60.9, 0.5),
+    ("dwa", "cifar100", 50, "convnet_bn", "convnet_bn", "Table 1", 59.0, 0.1),
+    ("mtt", "cifar10", 10, "convnet", "convnet", "Table 1", 65.4, 0.7),
+    ("dwa", "tiny-imagenet", 50, "resnet18", "resnet18", "Table 2", 52.8, None),
+    ("sre2l", "tiny-imagenet", 50, "resnet18", "resnet101", "Table 2", 42.5, None),
+    ("dwa", "imagenet-1k", 10, "resnet18", "resnet18", "Table 2", 37.9, None),
+    ("sre2l", "imagenet-1k", 50, "resnet18", "resnet101", "Table 2", 60.8, None),
+    ("dwa", "imagenet-1k", 100, "resnet18", "resnet101", "Table 2", 66.7, None),
+    ("dwa-no-perturb", "cifar100", 10, "resnet18", "resnet18", "Table 3", 30.6, None),
+    ("dwa-random-perturb", "cifar100", 10, "resnet18", "resnet18", "Table 3", 14.9, None),
+    ("dwa", "cifar100", 50, "resnet18", "resnet18", "Table 3", 60.3, None),
+    ("sre2l", "cifar100", 50, "resnet18", "shufflenetv2", "Table 4", 27.5, None),
+    ("dwa", "cifar100", 50, "resnet18", "convnet_bn", "Table 4", 37.0, None),
+    ("sre2l", "imagenet-1k", 10, "resnet18", "efficientnet_b0", "Table 5", 11.7, None),
+    ("dwa", "imagenet-1k", 10, "resnet18", "efficientnet_b0", "Table 5", 37.4, None),
+    ("sre2l", "imagenet-1k", 50, "resnet18", "deit_tiny", "Table 9", 15.41, None),
+    ("dwa", "imagenet-1k", 50, "resnet18", "deit_tiny", "Table 9", 22.72, None),
+]
+
+
+@pytest.mark.parametrize("row", HEADLINE, ids=lambda r: f"{r[0]}-{r[1]}-ipc{r[2]}-{r[4]}-{r[5].replace(' ', '')}")
+def test_headline_cells_match_spec(allrows: pd.DataFrame, row: tuple) -> None:
+    *key, top1, std = row
+    cell = _cell(allrows, *key)
+    assert float(cell.top1) == pytest.approx(top1, abs=1e-9)
+    if std is not None:
+        assert float(cell.top1_std) == pytest.approx(std, abs=1e-9)
+
+
+def test_known_inconsistencies_are_flagged(allrows: pd.DataFrame) -> None:
+    # Spec §6.5 D10: transcribed as printed, each carrying a note.
+    for table in ("Table 1", "Table 3"):
+        assert "D10" in _cell(allrows, "dwa", "cifar100", 50, "resnet18", "resnet18", table).note
+    typo = _cell(allrows, "dwa", "cifar100", 50, "convnet_bn", "shufflenetv2", "Table 4")
+    assert typo.top1 == "44.37" and "typo" in typo.note
+    for ipc in (10, 50):
+        assert "D10" in _cell(allrows, "sre2l", "cifar100", ipc, "resnet18", "convnet_bn", "Table 4").note
+
+
+def test_table3_directed_equals_table4_dwa(allrows: pd.DataFrame) -> None:
+    t3 = allrows[(allrows.table == "Table 3") & (allrows.method == "dwa")]
+    checked = 0
+    for _, r in t3.iterrows():
+        if r.eval_arch == "resnet18":
+            continue  # Table 4 has no ResNet-18 column
+        t4 = _cell(allrows, "dwa", "cifar100", int(r.ipc), "resnet18", r.eval_arch, "Table 4")
+        assert (t4.top1, t4.top1_std) == (r.top1, r.top1_std)
+        checked += 1
+    assert checked == 8
