@@ -279,9 +279,12 @@ class Store:
             ).fetchone()
         return row is not None
 
-    def add_metric(self, run_id: str, name: str, value: float | None, extra: Mapping[str, Any] | None = None) -> None:
-        """Insert or replace a per-run metric (e.g. ``feat_dist_mean`` of the DWA diversity measure)."""
-        fields = {"run_id": run_id, "name": name, "value": value, "extra_json": extra}
+    def add_metric(self, run_id: str, name: str, value: float | None, extra_json: Any = None) -> None:
+        """Insert or replace a per-run metric (e.g. ``feat_dist_mean`` of the DWA diversity measure).
+
+        ``extra_json`` is a JSON string or an object to encode (which teacher or arch the metric used).
+        """
+        fields = {"run_id": run_id, "name": name, "value": value, "extra_json": extra_json}
         self._upsert("metrics", METRIC_COLUMNS, METRIC_KEY, fields)
 
     def add_teacher(self, **fields: Any) -> None:

@@ -111,7 +111,7 @@ def test_filters_lists_and_unknown_names(tmp_path: Path) -> None:
 def test_metrics_and_teachers(tmp_path: Path) -> None:
     store = Store(tmp_path / "r.sqlite")
     _run(store)
-    store.add_metric("r1", "feat_dist_mean", 0.5, extra={"arch": "resnet18"})
+    store.add_metric("r1", "feat_dist_mean", 0.5, extra_json={"arch": "resnet18"})
     store.add_metric("r1", "feat_dist_mean", 0.75)
     store.add_metric("r1", "feat_dist_std", 0.1)
     m = store.metrics(dataset="cifar10")
