@@ -115,11 +115,8 @@ def read_pickle(path: Path) -> dict[str, Any]:
 
 
 def _pickle_dir(path: Path, spec: DatasetSpec) -> Path | None:
-    layout = PICKLES[spec.id]
-    for d in (path, path / layout.dirname):
-        if all((d / f).is_file() for f in layout.files):
-            return d
-    return None
+    """``path`` if it holds the release's pickles (``cifar-10-batches-py`` under a data root is probed by the spec)."""
+    return path if all((path / f).is_file() for f in PICKLES[spec.id].files) else None
 
 
 def detect(path: Path, spec: DatasetSpec) -> bool:
