@@ -279,3 +279,22 @@ def test_two_processes_train_once(digits: Dataset, recipe: Path, tmp_path: Path)
     assert [p.returncode for p in procs] == [0, 0]
     assert trainings() == 1
     assert outs[0] == outs[1] and len(outs[0].split()) == 2
+
+
+def test_cli_trains_then_imports(fake_eval, recipe: Path, tmp_path: Path, capsys) -> None:
+    from ddbench.cli import main
+    from ddbench.store import Store
+
+    args = ["-q", "teacher", "--dataset", "digits", "--arch", ARCH, "--recipe", str(recipe), "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    (teacher_id,) = [p.name for p in teacher_dir("digits").iterdir() if p.is_dir()]
+    assert teacher_id in out and "test accuracy" in out and "top-1 50.00%" in out
+    assert list(Store().teachers()["teacher_id"]) == [teacher_id]
+    assert main(args) == 0 and trainings() == 1  # second call is a cache hit
+    ckpt = tmp_path / "ckpt.pth"
+    torch.save(tiny_net(10, 8, 1).state_dict(), ckpt)
+    assert main(["-q", "teacher", "--dataset", "digits", "--arch", ARCH, "--checkpoint", str(ckpt)]) == 0
+    assert "-import" in capsys.readouterr().out
+    assert len(Store().teachers()) == 2
+    assert main(["-q", "teacher", "--dataset", "digits", "--arch", ARCH, "--checkpoint", str(tmp_path / "no.pt")]) == 2

@@ -1,0 +1,136 @@
+"""``ddbench table``: paper-style tables from the results store, one per evaluation protocol."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+EPILOG = """examples:
+  ddbench table --dataset digits
+  ddbench table --dataset cifar100 --protocol dwa-cifar --ipc 10,50 --archs resnet18,mobilenetv2 --with-paper
+  ddbench table --dataset tiny-imagenet --format latex --out leaderboards/
+  ddbench table --dataset cifar10 --metric diversity
+"""
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "table",
+        help="print (and write) comparison tables from the results store",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", required=True, help="dataset id")
+    p.add_argument("--protocol", default=None, help="evaluation protocol (default: one table per protocol found)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
+    p.add_argument("--ipc", default=None, help="comma-separated ipc values (default: all)")
+    p.add_argument("--archs", default=None, help="comma-separated student architectures, in column order")
+    p.add_argument("--format", dest="fmt", default="md", choices=["md", "latex", "csv"], help="output format")
+    p.add_argument("--out", default=None, help="also write <out>/<dataset>-<protocol>.<ext>")
+    p.add_argument("--with-paper", action="store_true", help="add published numbers (leaderboards/papers/*.csv)")
+    p.add_argument("--metric", default="top1", help="top1 | top5 | best_top1 | diversity (run metrics)")
+    p.add_argument("--store", default=None, help="results database (default $DDBENCH_HOME/results.sqlite)")
+    p.set_defaults(func=execute)
+
+
+def _distill_arch(store: Any, df: pd.DataFrame, default: str) -> str:
+    """The architecture of the teachers our runs were distilled with (to pick the matching published rows)."""
+    ids = [t for t in df.get("teacher_id", []) if isinstance(t, str)]
+    if not ids:
+        return default
+    teachers = store.teachers(teacher_id=sorted(set(ids)))
+    arch_of = dict(zip(teachers["teacher_id"], teachers["arch"]))
+    archs = [arch_of[t] for t in ids if t in arch_of]
+    return max(set(archs), key=archs.count) if archs else default
+
+
+def _tables(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(file stem, table text) for every table the arguments ask for."""
+    from ddbench.data import DATASETS
+    from ddbench.errors import UserError
+    from ddbench.store import Store
+    from ddbench.tables import build_table, load_paper_numbers
+
+    dataset = DATASETS.canonical(args.dataset)
+    store = Store(args.store)
+    if not store.path.is_file():
+        raise UserError(f"no results store at {store.path}; run `ddbench run` first or pass --store")
+    methods, archs = _csv(args.methods), _csv(args.archs)
+    ipcs = [int(i) for i in _csv(args.ipc) or []] or None
+    if args.metric == "diversity":
+        df = store.metrics(dataset=dataset, method=methods, ipc=ipcs)
+        if df.empty:
+            raise UserError(f"no run metrics for {dataset} in {store.path} (filters: {_filters(args)})")
+        return [(f"{dataset}-diversity", build_table(df, metric="diversity", fmt=args.fmt))]
+
+    df = store.evaluations(dataset=dataset, method=methods, ipc=ipcs, arch=archs)
+    if df.empty:
+        raise UserError(f"no evaluations of {dataset} in {store.path} (filters: {_filters(args)})")
+    protocols = sorted(df["protocol"].unique())
+    if args.protocol:
+        chosen = [p for p in protocols if p == args.protocol] or [
+            p for p in protocols if p.split("@")[0] == args.protocol
+        ]  # ``kd`` also finds ``kd@cpu``, the key scaled-down profiles are stored under
+        if not chosen:
+            raise UserError(
+                f"no evaluations of {dataset} under protocol {args.protocol!r}; found: {', '.join(protocols)}"
+            )
+        protocols = chosen
+    paper = load_paper_numbers(dataset) if args.with_paper else None
+    default_arch = DATASETS.get(dataset).default_teacher
+    out: list[tuple[str, str]] = []
+    for protocol in protocols:
+        rows = df[df["protocol"] == protocol]
+        latest = rows["protocol_version"].max()
+        if (rows["protocol_version"] != latest).any():
+            logger.warning("%s: showing version %d only; older versions' rows are not comparable", protocol, latest)
+            rows = rows[rows["protocol_version"] == latest]
+        hashes = sorted(h for h in rows["class_hash"].dropna().unique())
+        for class_hash in hashes or [None]:
+            part = rows if class_hash is None else rows[rows["class_hash"] == class_hash]
+            stem = f"{dataset}-{protocol}" + (f"-{class_hash[:8]}" if len(hashes) > 1 else "")
+            text = build_table(
+                part,
+                metric=args.metric,
+                archs=archs,
+                ipcs=ipcs,
+                methods=methods,
+                fmt=args.fmt,
+                paper_df=paper,
+                distill_arch=_distill_arch(store, part, default_arch) if paper is not None else None,
+            )
+            out.append((stem.replace("/", "_"), text))
+    return out
+
+
+def _filters(args: argparse.Namespace) -> str:
+    given = {k: getattr(args, k) for k in ("methods", "ipc", "archs", "protocol") if getattr(args, k, None)}
+    return ", ".join(f"--{k} {v}" for k, v in given.items()) or "none"
+
+
+def execute(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ddbench.cli import console
+    from ddbench.io import atomic_file
+    from ddbench.tables import EXTENSIONS, FORMATS
+
+    ext = EXTENSIONS[FORMATS[args.fmt]]
+    for stem, text in _tables(args):
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+        if args.out:
+            path = Path(args.out).expanduser() / f"{stem}.{ext}"
+            with atomic_file(path) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+            console.print(f"wrote {path}", style="dim")
+    return 0
