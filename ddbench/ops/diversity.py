@@ -63,6 +63,12 @@ def _features(
     return torch.cat(flat), torch.cat(pooled)
 
 
+def real_reference(dataset: Dataset, c: int, n: int, seed: int) -> torch.Tensor:
+    """The ``n`` random real training images of class ``c`` that ``feat_dist_rel`` compares against (uint8)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + c)
+    return dataset.images_of_class(c, k=n, generator=g)
+
+
 def _normalized(images: torch.Tensor, pixel_space: str, dataset: Dataset) -> torch.Tensor:
     if pixel_space == "uint8":
         return dataset.normalize(images)
@@ -112,8 +118,7 @@ def diversity_metrics(
             continue
         syn = _normalized(distilled.images[mask], distilled.pixel_space, dataset)
         flat, pooled = _features(model, syn, batch_size, device)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + c)
-        real = dataset.normalize(dataset.images_of_class(c, k=n, generator=g))
+        real = dataset.normalize(real_reference(dataset, c, n, seed))
         _, real_pooled = _features(model, real, batch_size, device)
         raw.append(pairwise_sq_dist_sum(flat))
         mean.append(mean_pairwise_sq_dist(pooled))
