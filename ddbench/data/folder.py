@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
 TEST_DIRS = ("test", "val")
 ORDER_FILE = "{split}.order.txt"
-LAYOUT = "class folders train/<class>/<image> and test/<class>/<image> (or val/<class>/)"
 # Bump when decoding or ordering changes, so tensor caches built by older code are not reused.
 CACHE_VERSION = 1
 
