@@ -247,7 +247,9 @@ def resolve(
         extra: values the harness fixes (e.g. ``num_classes``) applied between preset and user layers.
     """
     if profile != BASE_PROFILE and preset is not None and profile not in profiles_in(preset):
-        raise ConfigError(f"{preset_source}: no profile {profile!r}; available: {', '.join(sorted(profiles_in(preset)))}")
+        raise ConfigError(
+            f"{preset_source}: no profile {profile!r}; available: {', '.join(sorted(profiles_in(preset)))}"
+        )
     layers: list[Layer] = []
     if preset is not None:
         layers += preset_layers(preset, preset_source, dataset, ipc, profile)

@@ -95,7 +95,9 @@ class Registry(Generic[T]):
                     raise RegistryError(f"{self.kind} {key!r} is already registered (by {where}); pick another name")
             if origin is None:
                 origin = target if isinstance(target, str) else f"{getattr(target, '__module__', '?')}"
-            self._entries[name] = _Entry(name, target, origin, loaded=not isinstance(target, (str, metadata.EntryPoint)))
+            self._entries[name] = _Entry(
+                name, target, origin, loaded=not isinstance(target, (str, metadata.EntryPoint))
+            )
             for alias in aliases:
                 self._aliases[alias] = name
         return target

@@ -48,7 +48,7 @@ def preset(tmp_path: Path, text: str = PRESET) -> tuple[dict, str]:
 
 
 def test_precedence_defaults_preset_profile_file_set(tmp_path: Path) -> None:
-    p, src = preset(tmp_path)
+    p, _ = preset(tmp_path)
     assert resolve(Cfg).config == Cfg()
     assert resolve(Cfg, preset=p, dataset="mnist").config.lr == 0.5  # "*" applies to every dataset
     paper = resolve(Cfg, preset=p, dataset="cifar10", ipc=10).config
@@ -87,11 +87,11 @@ def test_unknown_key_in_set_and_config_file(tmp_path: Path) -> None:
 
 
 def test_type_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="iterations: expected an integer, got 'many'"):
+    with pytest.raises(ConfigError, match=r"iterations: expected an integer, got 'many'"):
         resolve(Cfg, overrides={"iterations": "many"})
     with pytest.raises(ConfigError, match="init: 'zeros' is not one of 'noise', 'real'"):
         resolve(Cfg, overrides={"init": "zeros"})
-    with pytest.raises(ConfigError, match="expected 2 values|expected a list"):
+    with pytest.raises(ConfigError, match=r"expected 2 values|expected a list"):
         resolve(Cfg, overrides={"jitter": 3})
     # int is accepted for float fields, float-with-integer-value for int fields
     cfg = resolve(Cfg, overrides={"lr": 1, "iterations": 3.0}).config
