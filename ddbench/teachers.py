@@ -108,9 +108,9 @@ ProgressFn = Callable[[str, int, int], None]
 
 def recipe_dir() -> Path:
     """Folder of the shipped teacher recipes (``Protocol`` TOMLs shared with the evaluation protocols)."""
-    import ddbench.protocols
+    from ddbench.evaluate import TEACHER_RECIPE_DIR
 
-    return Path(ddbench.protocols.__file__).parent / "teacher"
+    return TEACHER_RECIPE_DIR
 
 
 def recipe_path(dataset_id: str, recipe: str = "default") -> Path:

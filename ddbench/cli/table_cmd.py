@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -50,8 +51,11 @@ def _distill_arch(store: Any, df: pd.DataFrame, default: str) -> str:
         return default
     teachers = store.teachers(teacher_id=sorted(set(ids)))
     arch_of = dict(zip(teachers["teacher_id"], teachers["arch"]))
+    for t in ids:  # teachers not in the store: the id is "<arch>-<16-hex class hash>-..."
+        if t not in arch_of and (match := re.match(r"(.+?)-[0-9a-f]{16}-", t)):
+            arch_of[t] = match.group(1)
     archs = [arch_of[t] for t in ids if t in arch_of]
-    return max(set(archs), key=archs.count) if archs else default
+    return max(sorted(set(archs)), key=archs.count) if archs else default
 
 
 def _tables(args: argparse.Namespace) -> list[tuple[str, str]]:
