@@ -88,6 +88,7 @@ class Teacher:
 FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
 META_FILE = "teacher.json"
+REQUIRED_META = frozenset({"arch", "dataset", "classes", "class_hash", "sha256", "img_size", "in_chans"})
 
 #: Teacher recipe per dataset (files under ``ddbench/protocols/teacher/``); any other dataset uses ``default``.
 DATASET_RECIPES = {"cifar10": "cifar", "cifar100": "cifar", "tiny-imagenet": "tiny"}
@@ -171,7 +172,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
         meta = json.loads((folder / META_FILE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CorruptTeacherError(f"{folder / META_FILE} unreadable ({exc})") from exc
-    if not isinstance(meta, dict) or not {"arch", "classes", "sha256", "img_size", "in_chans"} <= set(meta):
+    if not isinstance(meta, dict) or not set(meta) >= REQUIRED_META:
         raise CorruptTeacherError(f"{folder / META_FILE} lacks required fields")
     return meta
 
