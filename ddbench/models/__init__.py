@@ -3,7 +3,10 @@
 ``create_model(arch, num_classes, img_size, in_chans)`` builds any registered architecture. Definitions come
 from timm or torchvision wherever they exist; small-input stems (the SRe2L/DWA low-res ResNet: 3×3 stride-1
 stem, no max-pool, and equivalents for the other families) are construction-time variants chosen from
-``img_size``, never surgery after construction.
+``img_size`` (``stem="auto"``: low-res for ``img_size <= 64``). The rules for every family live in
+:mod:`ddbench.models._stems`. The one edit of a built model is timm's EfficientNet class (MobileNetV2,
+EfficientNet-B0), whose constructor hard-codes the stem stride; :mod:`ddbench.models.efficientnet` confines it
+to one named builder that changes two stride attributes.
 
 Every model returned here follows one feature contract, used by the diversity metric and herding:
 
