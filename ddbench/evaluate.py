@@ -194,8 +194,13 @@ class Protocol:
 
     @property
     def hash(self) -> str:
-        """config_hash of every field: the cache key of whatever this protocol determines."""
-        return config_hash(self)
+        """config_hash of every field but ``description``: the cache key of whatever this protocol determines.
+
+        Rewording a description moves no number, so it must not invalidate cached teachers or evaluations.
+        """
+        values = dataclasses.asdict(self)
+        values.pop("description")
+        return config_hash(values)
 
     def lr_factor(self, epoch: int) -> float:
         """Multiplier of ``lr`` during 0-based ``epoch`` (schedules step once per epoch, as every upstream)."""

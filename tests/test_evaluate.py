@@ -229,6 +229,13 @@ def test_lr_schedules_match_reference_values():
     assert mtt.lr_factor(501) == 1.0 and mtt.lr_factor(502) == pytest.approx(0.1) and mtt.lr_factor(1000) == 0.1
 
 
+def test_hash_tracks_every_field_but_the_description():
+    p = tiny_protocol()
+    assert p.hash == dataclasses.replace(p, description="reworded").hash
+    assert p.hash != dataclasses.replace(p, lr=0.051).hash != dataclasses.replace(p, aug=("flip",)).hash
+    assert load_protocol("dwa-cifar").hash == load_protocol("dwa-cifar").hash
+
+
 def test_hints_apply_only_when_allowed():
     mtt = load_protocol("mtt")
     assert apply_hints(mtt, {"syn_lr": 0.037, "other": 1.0}).lr == 0.037
