@@ -298,6 +298,18 @@ def test_same_seed_same_weights_different_seed_differs():
     assert torch.equal(a.fc.weight, b.fc.weight) and not torch.equal(a.fc.weight, c.fc.weight)
 
 
+def test_amp_and_channels_last_are_noops_on_cpu_and_progress_reports_epochs(caplog):
+    x, y = tiny_data()
+    a, b = seeded(0), seeded(0)
+    calls = []
+    train([a], tiny_protocol(), x, y)
+    with caplog.at_level("INFO", logger="ddbench.evaluate"):
+        train([b], tiny_protocol(), x, y, amp=True, channels_last=True, progress=lambda *c: calls.append(c))
+    assert torch.equal(a.fc.weight, b.fc.weight)
+    assert "ignored (CUDA only)" in caplog.text
+    assert calls == [("train", 1, 3), ("train", 2, 3), ("train", 3, 3)]
+
+
 class Recorder(nn.Module):
     """Wraps a model and keeps every input it is called with."""
 
