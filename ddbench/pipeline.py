@@ -281,6 +281,8 @@ def evaluate_run(
     seeds = list(request.seeds) if request.seeds is not None else list(range(protocol.eval_seeds))
     archs = [ARCHS.canonical(a) for a in request.archs]
     teachers = eval_teachers(state, protocol, distilled, progress)
+    for t in teachers:
+        store.add_teacher(**t.record())
     models = [t.model for t in teachers]
     device = torch.device(state.request.device)
     for seed in seeds:
@@ -330,6 +332,8 @@ def record_run(state: RunState, distilled: DistilledSet, store: Any) -> None:
 
     env = environment()
     meta = distilled.meta
+    for t in state.teachers:
+        store.add_teacher(**t.record())
     teacher = state.teachers[0] if state.teachers else None
     store.add_run(
         run_id=state.run_id,

@@ -336,7 +336,9 @@ class Store:
         select = ", ".join(f"{a} AS {n}" for n, a in alias.items())
         where, params = self._where(filters, alias)
         sql = f"SELECT {select} FROM evaluations e LEFT JOIN runs r ON r.run_id = e.run_id{where} ORDER BY e.rowid"
-        return self._frame(sql, params)
+        frame = self._frame(sql, params)
+        frame["eval_teachers"] = [_eval_teachers(x) for x in frame["extra_json"]] if len(frame) else []
+        return frame
 
     def metrics(self, **filters: Any) -> pd.DataFrame:
         """Metric rows joined with their run (method, dataset, ipc, distill_seed, ...), filtered like evaluations."""
@@ -360,6 +362,17 @@ class Store:
 
 # -- provenance ---------------------------------------------------------------------------------------------------
 _GIT_SHA: dict[str, str | None] = {}
+
+
+def _eval_teachers(extra_json: str | None) -> str | None:
+    """The online teacher ids an evaluation row used (recorded in its extra_json), comma-joined, or None."""
+    if not extra_json:
+        return None
+    try:
+        teachers = json.loads(extra_json).get("teachers")
+    except (ValueError, AttributeError):
+        return None
+    return ", ".join(teachers) if teachers else None
 
 
 def git_sha(path: str | Path | None = None, timeout: float = 5.0) -> str | None:

@@ -259,8 +259,14 @@ def _caption(df: pd.DataFrame, metric: str, metric_mode: bool, counts: list[int]
                 protos = ", ".join(map(str, _unique(df, "protocol")))
             if protos:
                 parts.append(f"Protocol {protos}.")
+        online = _unique(df, "eval_teachers")
         teachers = _unique(df, "teacher_id")
-        parts.append(f"Teacher: {', '.join(map(str, teachers))}." if teachers else "Teacher: none.")
+        if online:
+            parts.append(f"Soft labels from teacher {', '.join(map(str, online))}.")
+        if teachers:
+            parts.append(f"Distilled with teacher {', '.join(map(str, teachers))}.")
+        elif not online:
+            parts.append("Teacher: none.")
     if paper:
         parts.append("(paper) columns: published numbers as printed, not reproduced.")
     return " ".join(parts)

@@ -105,22 +105,14 @@ def _eval_request(args: argparse.Namespace) -> Any:
     )
 
 
-def _print_table(state: Any, rows: list[dict[str, Any]], eval_req: Any) -> None:
+def _print_table(rows: list[dict[str, Any]], eval_req: Any) -> None:
     import pandas as pd
 
     from ddbench.cli import console
     from ddbench.tables import build_table
 
-    if not rows:
-        return
-    df = pd.DataFrame(rows)
-    protocol = rows[0]["protocol"]
-    teachers = ", ".join(t.id for t in state.teachers) or "dataset default"
-    caption = (
-        f"{state.dataset.id}, ipc {state.request.ipc}: top-1 (%) mean±std over seeds, "
-        f"protocol {protocol} v{rows[0]['protocol_version']}, teacher {teachers}"
-    )
-    console.print(build_table(df, archs=list(eval_req.archs), fmt="md", caption=caption))
+    if rows:
+        console.print(build_table(pd.DataFrame(rows), archs=list(eval_req.archs), fmt="md"))
 
 
 def _finish(state: Any, distilled: Any, args: argparse.Namespace, eval_req: Any, store: Any, progress: Any) -> None:
@@ -128,11 +120,8 @@ def _finish(state: Any, distilled: Any, args: argparse.Namespace, eval_req: Any,
     from ddbench.pipeline import evaluate_run, record_diversity
 
     rows = evaluate_run(state, distilled, eval_req, store, progress)
-    try:
-        diversity = record_diversity(state, distilled, store)
-    except ImportError:
-        diversity = {}
-    _print_table(state, rows, eval_req)
+    diversity = record_diversity(state, distilled, store)
+    _print_table(rows, eval_req)
     if diversity.get("feat_dist_mean") is not None:
         console.print(
             f"diversity: feat_dist_mean {diversity['feat_dist_mean']:.4g}"
