@@ -21,6 +21,12 @@ Each (ipc index, class-batch) is one cached shard (``ipc0003-cb001``) whose rand
 (seed, ipc index, class-batch) only, so a killed run resumes at the next unfinished shard and generating ipc
 indices [0, 5) then [5, 10) gives the same images as [0, 10) (§3.1, §11).
 
+Not done (future work): running several class-batches in one forward with per-shard BN statistics
+(:meth:`StatsRecorder.set_groups` already computes them, tested) or vmapping DWA's per-batch weights. A rough CPU
+measurement (ResNet-18, 4 shards of 10 images at 8 and 32 px) gave 1.4–1.8× more shard-iterations per second, but
+batched convolutions round differently from unbatched ones, so a shard's pixels would depend on which shards it was
+batched with, breaking the bit-exact range independence above; it would also need per-shard augmentation draws.
+
 Relabel (§4): ``relabel="online"`` (default, as SRe2L's CIFAR/Tiny scripts and every DWA setting) returns
 ``SoftLabelSpec(mode="teacher")``, i.e. the evaluator runs the same teacher on every augmented, mixed batch.
 ``relabel="stored"`` is a simplified FKD stand-in (not FKD itself): one soft label per image, the mean of the
@@ -263,6 +269,32 @@ class SRe2L(Method):
         run.recorder.clear()
         return F.cross_entropy(logits, y), bn
 
+    def iteration(
+        self,
+        ctx: DistillContext,
+        run: RecoverRun,
+        t: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        extras: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One recover iteration t on x (in place): lr, augment, [t = 0: weight adjustment], loss, step, clip."""
+        cfg = self.config
+        set_lr(optimizer, cosine_lr(cfg.lr, t, cfg.iterations))
+        optimizer.zero_grad()
+        a = self.augment(x, ctx.dataset.img_size, generator)
+        if t == 0:
+            extras.update(self.before_synthesis(ctx, run, x, a, y, generator))
+        ce, bn = self.losses(run, a, y)
+        (ce + bn).backward()
+        if self.step_probe is not None:
+            self.step_probe(t, x, a, run)
+        optimizer.step()
+        clip_to_valid_(x, run.mean, run.std)
+        return ce.detach(), bn.detach()
+
     def recover_batch(
         self, ctx: DistillContext, run: RecoverRun, ipc_index: int, batch_index: int, classes: list[int]
     ) -> dict[str, torch.Tensor]:
@@ -274,20 +306,9 @@ class SRe2L(Method):
         x0, extras = self.init_images(ctx, run, ipc_index, classes, generator)
         x = x0.to(ctx.device, torch.float32).requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=cfg.lr, betas=(0.5, 0.9), eps=1e-8, weight_decay=0.0)
-        size = ctx.dataset.img_size
         trace = torch.zeros(2, 2)
         for t in range(cfg.iterations):
-            set_lr(optimizer, cosine_lr(cfg.lr, t, cfg.iterations))
-            optimizer.zero_grad()
-            a = self.augment(x, size, generator)
-            if t == 0:
-                extras.update(self.before_synthesis(ctx, run, x, a, y, generator))
-            ce, bn = self.losses(run, a, y)
-            (ce + bn).backward()
-            if self.step_probe is not None:
-                self.step_probe(t, x, a, run)
-            optimizer.step()
-            clip_to_valid_(x, run.mean, run.std)
+            ce, bn = self.iteration(ctx, run, t, x, y, optimizer, generator, extras)
             if t in (0, cfg.iterations - 1):
                 trace[0 if t == 0 else 1] = torch.tensor([ce.item(), bn.item()])
             if cfg.log_every and t % cfg.log_every == 0:
@@ -316,6 +337,19 @@ class SRe2L(Method):
             out[key] = torch.cat(values) if values[0].ndim and key not in ("losses",) else torch.stack(values)
         return out
 
+    @contextlib.contextmanager
+    def session(self, ctx: DistillContext) -> Iterator[RecoverRun]:
+        """Prepared loop state with the teacher frozen and the hooks removed afterwards, whatever happens."""
+        run = self.prepare(ctx)
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(frozen(run.teacher))  # θ_T never receives gradients
+                if run.model is not run.teacher and not self.synthesis_param_grads():
+                    stack.enter_context(frozen(run.model))  # D6: weights frozen outside DWA's ascent block
+                yield run
+        finally:
+            self.release(run)
+
     # -- entry points -------------------------------------------------------------------------------------------------
     def distill(self, ctx: DistillContext) -> DistilledSet:
         return self.distill_range(ctx, 0, ctx.ipc)
@@ -326,19 +360,13 @@ class SRe2L(Method):
             raise ValueError(f"ipc range [{start}, {stop}) is empty or negative")
         cfg = self.config
         units = self.units(ctx.dataset.num_classes, start, stop)
-        run = self.prepare(ctx)
         shards: list[tuple[int, dict[str, torch.Tensor]]] = []
-        try:
-            with contextlib.ExitStack() as stack:
-                stack.enter_context(frozen(run.teacher))  # θ_T never receives gradients
-                if run.model is not run.teacher and not self.synthesis_param_grads():
-                    stack.enter_context(frozen(run.model))  # D6: weights frozen outside DWA's ascent block
-                for n, (key, i, batches) in enumerate(units):
-                    shard = ctx.shard(key, lambda i=i, batches=batches: self.recover_unit(ctx, run, i, batches))
-                    shards.append((i, shard))
-                    ctx.progress("recover", n + 1, len(units))
-        finally:
-            self.release(run)
+        with self.session(ctx) as run:
+            for n, (key, i, batches) in enumerate(units):
+                shard = ctx.shard(key, lambda i=i, batches=batches: self.recover_unit(ctx, run, i, batches))
+                shards.append((i, shard))
+                ctx.progress("recover", n + 1, len(units))
+            teacher = run.teacher
         images = torch.cat([s["images"] for _, s in shards])
         labels = torch.cat([s["labels"] for _, s in shards])
         ipc_of = torch.cat([torch.full_like(s["labels"], i) for i, s in shards])
@@ -359,7 +387,7 @@ class SRe2L(Method):
         meta.update(self.extra_meta(shards, order))
         arch = ctx.teachers[0].arch
         if cfg.relabel == "stored":
-            soft = self.stored_soft_labels(ctx, run.teacher, images)
+            soft = self.stored_soft_labels(ctx, teacher, images)
             spec = SoftLabelSpec(mode="stored", teachers=(arch,), temperature=cfg.temperature)
             meta["relabel"] = f"stored: mean teacher logits over {cfg.relabel_views} views per image"
             return DistilledSet(images, labels, "uint8", spec, soft_labels=soft, meta=meta)

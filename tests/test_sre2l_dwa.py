@@ -455,31 +455,38 @@ def test_cpu_preset_distils_digits_end_to_end(cls, digits, teacher, tmp_path) ->
 @pytest.mark.data
 @pytest.mark.slow
 def test_cifar10_dwa_vs_sre2l_cpu_preset(tmp_path) -> None:
-    """CIFAR-10, ipc 10, cpu presets, same teacher and protocol: accuracy and diversity of both methods (§10)."""
-    import logging
+    """CIFAR-10, ipc 10, cpu presets, one shared harness teacher, DWA's CIFAR protocol (cpu profile): both methods.
+
+    Reports top-1 and ``feat_dist_*`` of both and asserts only what must hold (better than chance, finite
+    diversity, ‖Δθ‖ ≤ ρ); the ordering DWA > SRe2L is the spec's acceptance *check* (§10), reported, not asserted.
+    Cost: the harness's cpu teacher is a full-width ResNet-18 trained 15 epochs on 50k images, hours on 2 CPU cores
+    (minutes on a GPU).
+    """
     import zipfile
 
     from ddbench.evaluate import evaluate, load_protocol
     from ddbench.teachers import get_teacher
 
     src = shared_data() / "cifar10"
-    if not src.exists():
-        pytest.skip(f"no CIFAR-10 under {src}")
-    root = src
-    zips = list(src.glob("*.zip")) if src.is_dir() else []
-    if zips:
-        root = tmp_path / "cifar10"
-        for z in zips:
-            zipfile.ZipFile(z).extractall(root)
+    zips = sorted(src.glob("CIFAR-10-images-*.zip")) if src.is_dir() else []
+    if len(zips) < 2:
+        pytest.skip(f"no CIFAR-10 zips under {src}")
+    root = tmp_path / "cifar10"
+    for z in zips:
+        with zipfile.ZipFile(z) as zf:
+            zf.extractall(root)
     ds = load_dataset("cifar10", data_root=root)
     t = get_teacher(ds, TeacherSpec(), profile="cpu")
-    protocol = load_protocol(ds.spec.default_protocol, profile="cpu")
-    results = {}
+    protocol = load_protocol("dwa-cifar", profile="cpu")
+    report = {}
     for cls in (SRe2L, DWA):
         cfg = resolve(cls.Config, preset=load_toml(cls.preset_path()), dataset="cifar10", ipc=10, profile="cpu").config
         out = cls(cfg).distill(DistillContext(ds, [t], 10, cfg, torch.device("cpu"), 0, tmp_path / cls.name))
-        rows = evaluate(out, ds, ["resnet18"], protocol, seed=0)
+        rows = evaluate(out, ds, ["resnet18"], protocol, seed=0, teacher=t.model)
         div = diversity_metrics(t.model, out, ds, seed=0)
-        results[cls.name] = (rows, div)
-        logging.getLogger(__name__).warning("%s: %s %s", cls.name, rows, div)
-    assert set(results) == {"sre2l", "dwa"}
+        report[cls.name] = {"top1": rows[0].top1, **div}
+        assert rows[0].error is None and rows[0].top1 > 10.0
+        assert math.isfinite(div["feat_dist_mean"]) and div["feat_dist_mean"] > 0
+        if cls is DWA:
+            assert out.meta["dtheta_norm_max"] <= cfg.rho * (1 + 1e-5)
+    print(f"CIFAR-10 ipc10 cpu presets (teacher {t.accuracy}): {report}")
