@@ -26,5 +26,6 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 @pytest.fixture(autouse=True, scope="session")
 def _threads() -> None:
-    # CI has 2 cores; more threads only adds contention.
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # Test tensors are small: one intra-op thread avoids the oversubscription stalls measured on shared 2-core
+    # machines (BatchNorm 35x slower with 2 threads under load), and leaves a core for subprocess tests.
+    torch.set_num_threads(1)
