@@ -6,11 +6,11 @@ Run with ``pytest -m bench --benchmark-only tests/benchmarks/test_bench_recover.
   :class:`torch.utils.flop_counter.FlopCounterMode` on the method's own :meth:`SRe2L.iteration`;
 * ``step_gflops``: those FLOPs over the measured step time, next to ``gemm_gflops``, a square float32 GEMM timed in the
   same test, so the fraction of the machine's matmul throughput the loop reaches can be read off;
-* ``dwa_over_sre2l``: DWA/SRe2L time at equal iterations (T = 1000, K = 12, CIFAR-100's budget), from interleaved
-  timings of an SRe2L iteration, a DWA synthesis iteration and DWA's K-step ascent block:
-  (T·t_dwa + t_block) / (T·t_sre2l). The paper reports 1.073
-  (Table 11); with the teacher frozen outside the ascent block (D6) the synthesis iterations cost the same as
-  SRe2L's, so the overhead is the K ascent passes only.
+* ``dwa_over_sre2l``: DWA/SRe2L time at equal iterations (T = 1000, K = 12, CIFAR-100's budget),
+  (T·t_dwa + t_block) / (T·t_sre2l), from interleaved timings of SRe2L and DWA synthesis iterations and one timing of
+  DWA's K-step ascent block; ``dwa_over_sre2l_flops`` is the same ratio in counted FLOPs, which is what the test
+  asserts (≤ 1.05) because it is exact. The paper reports 1.073 (Table 11); with the teacher frozen outside the
+  ascent block (D6) a DWA synthesis iteration is exactly an SRe2L one, so the overhead is the K ascent passes only.
 
 Timings on shared CPUs are noisy; compare numbers from one run on one machine only.
 """
@@ -137,25 +137,44 @@ def test_recover_step(name, setting, benchmark) -> None:
     assert flops > 0
 
 
+def flops_of(fn: Callable[[], None]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def test_dwa_over_sre2l_time_ratio(setting, benchmark) -> None:
     dataset, teacher, workdir = setting
     sre2l = Stepper(SRe2L(SRe2LConfig(iterations=T_PAPER)), dataset, teacher, workdir / "r-sre2l")
     dwa = Stepper(DWA(DWAConfig(iterations=T_PAPER)), dataset, teacher, workdir / "r-dwa")
-    times: dict[str, list[float]] = {"sre2l": [], "dwa": [], "block": []}
+    steps: dict[str, list[float]] = {"sre2l": [], "dwa": []}
     try:
-        for _ in range(2):  # interleaved, so load changes on the shared machine hit all three alike
-            times["sre2l"].append(timed(sre2l.step))
-            times["dwa"].append(timed(dwa.step))
-            times["block"].append(timed(dwa.ascent_block))
+        f_s, f_d, f_b = flops_of(sre2l.step), flops_of(dwa.step), flops_of(dwa.ascent_block)
+        for _ in range(5):  # interleaved, so load changes on the shared machine hit both alike
+            steps["sre2l"].append(timed(sre2l.step))
+            steps["dwa"].append(timed(dwa.step))
+        t_b = timed(dwa.ascent_block)
         benchmark.pedantic(dwa.step, rounds=1, iterations=1)
     finally:
         sre2l.close()
         dwa.close()
-    t_s, t_d, t_b = (min(v) for v in times.values())
-    ratio = (T_PAPER * t_d + t_b) / (T_PAPER * t_s)
+    t_s, t_d = min(steps["sre2l"]), min(steps["dwa"])
+    time_ratio = (T_PAPER * t_d + t_b) / (T_PAPER * t_s)
+    flop_ratio = (T_PAPER * f_d + f_b) / (T_PAPER * f_s)
     benchmark.extra_info.update(
-        {"sre2l_step_s": t_s, "dwa_step_s": t_d, "ascent_block_s": t_b, "dwa_over_sre2l": ratio}
+        {
+            "sre2l_step_s": t_s,
+            "dwa_step_s": t_d,
+            "ascent_block_s": t_b,
+            "dwa_over_sre2l": time_ratio,
+            "dwa_over_sre2l_flops": flop_ratio,
+            "ascent_block_gflop": f_b / 1e9,
+        }
     )
-    logger.warning("SRe2L %.3f s, DWA %.3f s per step, K=%d ascent block %.3f s; DWA/SRe2L at T=1000: %.4f",
-                   t_s, t_d, K_PAPER, t_b, ratio)  # fmt: skip
-    assert ratio <= 1.05
+    logger.warning("SRe2L %.3f s, DWA %.3f s per step (min of 5), K=%d ascent block %.3f s (%.0f GFLOP); "
+                   "DWA/SRe2L at T=1000: time %.4f, FLOPs %.4f", t_s, t_d, K_PAPER, t_b, f_b / 1e9, time_ratio,
+                   flop_ratio)  # fmt: skip
+    # D6: frozen weights make a DWA synthesis iteration exactly an SRe2L one; the K passes are the only extra work.
+    # Asserted on FLOPs, which are exact; the time ratio on a shared CPU swings by ±10% and is reported only.
+    assert f_d == f_s
+    assert flop_ratio <= 1.05
