@@ -263,6 +263,10 @@ def load_protocol(
                     f"{where}: {key!r} would change the mechanism; cpu may only set {sorted(SHRINK_KEYS)}"
                 )
             coerce(value, types[key], f"{where}: {key}")
+    if profile != BASE_PROFILE and not profiles:
+        # a user protocol without profiles is one recipe: use it as written under every run profile
+        logger.info("%s defines no profiles; using it as written for profile %r", path, profile)
+        profile = BASE_PROFILE
     if profile != BASE_PROFILE and profile not in profiles:
         known = ", ".join([BASE_PROFILE, *profiles])
         raise ConfigError(f"{path}: no profile {profile!r}; available: {known}")

@@ -277,7 +277,7 @@ def evaluate_run(
 
     name = request.protocol or state.dataset.spec.default_protocol
     protocol = load_protocol(name, profile=state.request.profile)
-    key = protocol_key(getattr(protocol, "name", name), state.request.profile)
+    key = protocol_key(protocol.name, protocol.profile)
     seeds = list(request.seeds) if request.seeds is not None else list(range(protocol.eval_seeds))
     archs = [ARCHS.canonical(a) for a in request.archs]
     teachers = eval_teachers(state, protocol, distilled, progress)

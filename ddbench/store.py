@@ -366,7 +366,7 @@ _GIT_SHA: dict[str, str | None] = {}
 
 def _eval_teachers(extra_json: str | None) -> str | None:
     """The online teacher ids an evaluation row used (recorded in its extra_json), comma-joined, or None."""
-    if not extra_json:
+    if not isinstance(extra_json, str) or not extra_json:
         return None
     try:
         teachers = json.loads(extra_json).get("teachers")
