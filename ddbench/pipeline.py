@@ -36,6 +36,13 @@ ProgressFn = Callable[[str, int, int], None]
 
 #: Student architectures of the default cross-architecture table: one per family the suite covers.
 DEFAULT_EVAL_ARCHS = ("resnet18", "mobilenetv2", "shufflenetv2", "efficientnet_b0", "vgg11_bn")
+#: The cpu profile swaps EfficientNet-B0 (depthwise + SE: ~10x ResNet-18's CPU step time at 8 px) for MTT's ConvNet.
+CPU_EVAL_ARCHS = ("convnet", "resnet18", "mobilenetv2", "shufflenetv2", "vgg11_bn")
+
+
+def default_eval_archs(profile: str) -> tuple[str, ...]:
+    """Student architectures evaluated when ``--eval-archs`` is not given."""
+    return DEFAULT_EVAL_ARCHS if profile == BASE_PROFILE else CPU_EVAL_ARCHS
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
@@ -236,7 +243,7 @@ def load_request(run_dir: Path) -> RunRequest:
 class EvalRequest:
     """Which students, under which protocol and seeds, to score a run's distilled set with."""
 
-    archs: Sequence[str] = DEFAULT_EVAL_ARCHS
+    archs: Sequence[str] | None = None  # None: default_eval_archs(profile)
     protocol: str | None = None  # None: the dataset's default protocol
     seeds: Sequence[int] | None = None  # None: range(protocol.eval_seeds)
     amp: bool = False
@@ -279,7 +286,7 @@ def evaluate_run(
     protocol = load_protocol(name, profile=state.request.profile)
     key = protocol_key(protocol.name, protocol.profile)
     seeds = list(request.seeds) if request.seeds is not None else list(range(protocol.eval_seeds))
-    archs = [ARCHS.canonical(a) for a in request.archs]
+    archs = [ARCHS.canonical(a) for a in (request.archs or default_eval_archs(state.request.profile))]
     teachers = eval_teachers(state, protocol, distilled, progress)
     for t in teachers:
         store.add_teacher(**t.record())

@@ -93,11 +93,11 @@ def _device(arg: str | None) -> str:
 
 
 def _eval_request(args: argparse.Namespace) -> Any:
-    from ddbench.pipeline import DEFAULT_EVAL_ARCHS, EvalRequest
+    from ddbench.pipeline import EvalRequest
 
     seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else None
     return EvalRequest(
-        archs=_csv(args.archs) or DEFAULT_EVAL_ARCHS,
+        archs=_csv(args.archs),
         protocol=args.protocol,
         seeds=seeds,
         amp=args.amp,
@@ -112,7 +112,8 @@ def _print_table(rows: list[dict[str, Any]], eval_req: Any) -> None:
     from ddbench.tables import build_table
 
     if rows:
-        console.print(build_table(pd.DataFrame(rows), archs=list(eval_req.archs), fmt="md"))
+        archs = list(dict.fromkeys(r["arch"] for r in rows))
+        console.print(build_table(pd.DataFrame(rows), archs=archs, fmt="md"))
 
 
 def _finish(state: Any, distilled: Any, args: argparse.Namespace, eval_req: Any, store: Any, progress: Any) -> None:
