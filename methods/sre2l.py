@@ -19,7 +19,8 @@ Per ipc index i and class-batch k (classes [kB, (k+1)B), one image per class, la
 
 Each (ipc index, class-batch) is one cached shard (``ipc0003-cb001``) whose random streams derive from
 (seed, ipc index, class-batch) only, so a killed run resumes at the next unfinished shard and generating ipc
-indices [0, 5) then [5, 10) gives the same images as [0, 10) (§3.1, §11).
+indices [0, 5) then [5, 10) gives the same images as [0, 10) (§3.1, §11). Bit-exact for the same torch build,
+device and number of CPU threads (another thread count changes float rounding in convolutions, not the algorithm).
 
 Not done (future work): running several class-batches in one forward with per-shard BN statistics
 (:meth:`StatsRecorder.set_groups` already computes them, tested) or vmapping DWA's per-batch weights. A rough CPU
