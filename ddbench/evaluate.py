@@ -52,7 +52,12 @@ PixelSpace = Literal["uint8", "normalized", "zca"]
 TEACHER_RECIPE_DIR = Path(__file__).parent / "protocols" / "teacher"
 
 #: Keys a ``[profile.cpu]`` table may set: it shrinks the run, never changes the mechanism.
-SHRINK_KEYS = frozenset({"epochs", "batch_size", "eval_seeds", "test_every", "warmup_epochs", "milestones"})
+#: Protocol fields added after the first release, with the default that leaves a protocol's hash unchanged.
+LATER_FIELDS: dict[str, Any] = {"width_mult": 1.0}
+
+SHRINK_KEYS = frozenset(
+    {"epochs", "batch_size", "eval_seeds", "test_every", "warmup_epochs", "milestones", "width_mult"}
+)
 
 #: Artifact hints a protocol with ``use_hints = true`` applies, and the field each one sets (MTT's learned lr).
 HINT_FIELDS = {"syn_lr": "lr"}
@@ -119,6 +124,9 @@ class Protocol:
         test_batch_size: batch size of test passes (does not change any number).
         use_hints: let the artifact's evaluation hints set fields (``syn_lr`` → ``lr``).
         holdout_per_class: teacher recipes only: train images per class held out as a validation split.
+        width_mult: channel-width multiplier of the models trained under this recipe
+            (:func:`ddbench.models.create_model`; ResNet and ConvNet families only). 1 everywhere in the paper
+            protocols; the ``cpu`` teacher recipes use ×0.25, spec sre2l-dwa §10's CPU-trainable ResNet-18.
     """
 
     name: str = ""
@@ -161,6 +169,7 @@ class Protocol:
     test_batch_size: int = 500
     use_hints: bool = False
     holdout_per_class: int = 0
+    width_mult: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -176,6 +185,7 @@ class Protocol:
             (self.temperature is None or self.temperature > 0, "temperature must be > 0"),
             (self.ema is None or 0 < self.ema < 1, "ema must be in (0, 1) or unset"),
             (self.smooth_zeta >= 1, "smooth_zeta must be >= 1"),
+            (self.width_mult > 0, "width_mult must be > 0"),
             (self.eval_seeds >= 1 and self.test_every >= 0, "eval_seeds >= 1 and test_every >= 0"),
             (list(self.milestones) == sorted(self.milestones), "milestones must be ascending"),
             (
@@ -196,10 +206,15 @@ class Protocol:
     def hash(self) -> str:
         """config_hash of every field but ``description``: the cache key of whatever this protocol determines.
 
-        Rewording a description moves no number, so it must not invalidate cached teachers or evaluations.
+        Rewording a description moves no number, so it must not invalidate cached teachers or evaluations; fields
+        added after the first release (:data:`LATER_FIELDS`) count only when they differ from their default, so
+        adding one leaves every existing key valid.
         """
         values = dataclasses.asdict(self)
         values.pop("description")
+        for key, default in LATER_FIELDS.items():
+            if values[key] == default:
+                values.pop(key)
         return config_hash(values)
 
     def lr_factor(self, epoch: int) -> float:
@@ -493,7 +508,8 @@ def _model_name(model: nn.Module, seen: dict[str, int]) -> str:
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
+    """bf16 autocast on the model's device type when ``amp`` (weights, losses and optimiser stay fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
 
 def _targets(
@@ -579,8 +595,10 @@ def train_students(
             ``no_grad``; returns logits. The caller sets its train/eval mode.
         stored_soft: ``[N, K]`` per-image logits (label mode ``stored``).
         hints: artifact hints (applied when ``protocol.use_hints``).
-        amp: bf16 autocast (CUDA only; a no-op with a log line elsewhere).
-        channels_last: channels-last memory format (CUDA only).
+        amp: bf16 autocast of the forward passes (students and teacher); weights, losses and the optimiser stay
+            fp32. Meant for CUDA; it also runs on a CPU (fast only with AVX512-BF16/AMX), which is how it is tested.
+        channels_last: channels-last memory format for models and batches (numerically equivalent; a speed-up
+            for convolutions on tensor cores).
         progress: ``progress("train", epochs_done, epochs)`` after each epoch.
         test_fn: ``test_fn(models) -> [(top1, top5), ...]`` called every ``test_every`` epochs and after the last
             epoch, on EMA weights in eval mode; its points form ``TrainStats.test_curve``.
@@ -595,10 +613,9 @@ def train_students(
     device = torch.device(device)
     protocol = apply_hints(protocol, hints)
     source = _label_source(protocol, soft_targets, stored_soft)
-    cuda = device.type == "cuda"
-    if (amp or channels_last) and not cuda:
-        logger.info("amp/channels_last requested on %s: ignored (CUDA only)", device)
-    amp, channels_last = amp and cuda, channels_last and cuda
+    if (amp or channels_last) and device.type != "cuda":
+        logger.info("amp=%s channels_last=%s on %s: supported, but the speed-up is a CUDA one", amp, channels_last,
+                    device)  # fmt: skip
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     n = len(labels)
     on_device = isinstance(images, torch.Tensor)
@@ -635,7 +652,7 @@ def train_students(
         student.stats.error = f"{type(exc).__name__}: {exc}"
         logger.warning("%s failed: %s", student.stats.name, student.stats.error)
         active.remove(student)
-        if cuda:
+        if device.type == "cuda":
             torch.cuda.empty_cache()
 
     start = time.perf_counter()
@@ -757,11 +774,10 @@ def evaluate_models(
         device: where the models are.
         batch_size: test batch size (does not change any number).
         transform: replaces normalisation: maps [0, 1] float images to model input (e.g. a method's ZCA).
-        amp, channels_last: as in :func:`train_students` (CUDA only).
+        amp, channels_last: as in :func:`train_students`.
     """
     device = torch.device(device)
-    cuda = device.type == "cuda"
-    fmt = torch.channels_last if channels_last and cuda else torch.contiguous_format
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     if isinstance(test, ImageSource):
         total, labels_all = len(test), test.labels
         load: Callable[[torch.Tensor], torch.Tensor] = test.load
@@ -867,7 +883,7 @@ def _make_teacher_fn(
         logger.info("label_mode 'teacher' with %d teachers: using their mean logits", len(teachers))
     if protocol.teacher_bn_train_mode_quirk:
         teachers = [copy.deepcopy(t) for t in teachers]  # the quirk drifts BN running stats: never touch the cache
-    fmt = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     for t in teachers:
         t.to(device=device, memory_format=fmt)
         t.train(protocol.teacher_bn_train_mode_quirk)
@@ -909,7 +925,7 @@ def evaluate(
         seed: evaluation seed; with the protocol it fixes every random draw.
         device: where to train.
         teacher: online teacher(s) for ``teacher``/``ensemble`` label modes (ignored otherwise).
-        amp, channels_last: CUDA speed options.
+        amp, channels_last: speed options (bf16 autocast, channels-last), as in :func:`train_students`.
         progress: ``progress(stage, done, total)``.
         test_transform: maps [0, 1] test images to model input; required for ``zca`` sets (the method's ZCA).
 
@@ -943,7 +959,7 @@ def evaluate(
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(s)
-                model = create_model(arch, num_classes, img_size, in_chans)
+                model = create_model(arch, num_classes, img_size, in_chans, width_mult=resolved.width_mult)
         except Exception as exc:  # an arch that cannot be built fails alone
             logger.warning("student %s could not be built: %s", arch, exc)
             results[i] = EvalResult(

@@ -155,7 +155,13 @@ def _freeze(model: nn.Module, device: torch.device | str) -> nn.Module:
 def _build(arch: str, meta: dict[str, Any]) -> nn.Module:
     from ddbench.models import create_model
 
-    return create_model(arch, num_classes=len(meta["classes"]), img_size=meta["img_size"], in_chans=meta["in_chans"])
+    return create_model(
+        arch,
+        num_classes=len(meta["classes"]),
+        img_size=meta["img_size"],
+        in_chans=meta["in_chans"],
+        width_mult=float(meta.get("width_mult", 1.0)),
+    )
 
 
 def _check_class_order(meta: dict[str, Any], dataset: Dataset, where: str) -> None:
@@ -285,10 +291,11 @@ def _train(
     from ddbench.models import create_model
 
     holdout = int(getattr(protocol, "holdout_per_class", 0) or 0)
+    width_mult = float(getattr(protocol, "width_mult", 1.0))
     data = dataset.with_holdout(holdout, seed=spec.seed) if holdout else dataset
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed(spec.seed, "teacher-init", dataset.id, dataset.class_hash, arch))
-        model = create_model(arch, dataset.num_classes, dataset.img_size, dataset.channels)
+        model = create_model(arch, dataset.num_classes, dataset.img_size, dataset.channels, width_mult=width_mult)
     model.to(device)
     generator = torch.Generator().manual_seed(_seed(spec.seed, "teacher-train", dataset.id, dataset.class_hash, arch))
     images = data.train.all() if dataset.spec.in_memory else data.train
@@ -326,6 +333,7 @@ def _train(
         "seed": spec.seed,
         "recipe": recipe,
         "holdout_per_class": holdout,
+        "width_mult": width_mult,
         "accuracy": accuracy,
         "device": str(device),
         "wall_time_s": round(train_time, 3),
@@ -357,11 +365,12 @@ def get_teacher(
 ) -> Teacher:
     """The teacher ``spec`` asks for, from the cache or trained now; the one entry point every caller uses.
 
-    The cache key is ``<arch>-<class hash>-<recipe hash>-s<seed>``: another class subset (``--num-classes``), recipe
-    or profile gives another teacher. Two processes asking for the same teacher train it once: the second waits
-    on the folder's lock and then loads the first one's result. A cached teacher that fails verification is
-    logged as corrupt and retrained, never used. ImageNet-1K's default ResNet-18 is torchvision's pretrained
-    model (the SRe2L/DWA teacher), imported from the torch hub cache; it is never downloaded here.
+    The cache key is ``<arch>[x<width_mult>]-<class hash>-<recipe hash>-s<seed>``: another class subset
+    (``--num-classes``), recipe or profile gives another teacher. Two processes asking for the same teacher train
+    it once: the second waits on the folder's lock and then loads the first one's result. A cached teacher that
+    fails verification is logged as corrupt and retrained, never used. ImageNet-1K's default ResNet-18 is
+    torchvision's pretrained model (the SRe2L/DWA teacher), imported from the torch hub cache; it is never
+    downloaded here.
 
     Args:
         dataset: the loaded dataset (its class order is part of the key).
@@ -384,7 +393,9 @@ def get_teacher(
     path = recipe_path(dataset.id, spec.recipe)
     protocol = load_protocol(path, profile=profile)
     name = DATASET_RECIPES.get(dataset.id, "default") if spec.recipe in ("", "default") else spec.recipe
-    folder = teacher_dir(dataset.id) / f"{arch}-{dataset.class_hash}-{protocol.hash}-s{spec.seed}"
+    width_mult = float(getattr(protocol, "width_mult", 1.0))
+    width = "" if width_mult == 1.0 else f"x{width_mult:g}"  # visible in ids and table captions
+    folder = teacher_dir(dataset.id) / f"{arch}{width}-{dataset.class_hash}-{protocol.hash}-s{spec.seed}"
     if not refresh and (teacher := _cached(folder, dataset, device)) is not None:
         return teacher
     with lock(folder):

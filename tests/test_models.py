@@ -198,6 +198,27 @@ def test_resnet18_lowres_parameter_count():
     assert _n_params(create_model("resnet18", num_classes=10, img_size=32)) == derived
 
 
+@pytest.mark.parametrize("width_mult", [0.25, 0.5, 1.0])
+def test_resnet18_width_mult_parameter_count(width_mult):
+    # Base width w, stages (w, 2w, 4w, 8w), 3×3 stem, 10 classes, counted by hand per stage:
+    # 3×3 convs and 1×1 shortcuts give (36 + 128 + 512 + 2048)·w² weights; stem conv 27w, BN affine 150w,
+    # classifier 80w + 10 (w = 64 gives 11,173,962, the full network above).
+    w = round(64 * width_mult)
+    model = create_model("resnet18", num_classes=10, img_size=32, width_mult=width_mult)
+    assert _n_params(model) == 2724 * w * w + 257 * w + 10
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 20 and next(n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)) == "bn1"
+    assert model.num_features == 8 * w and all(torch.equal(b.weight, torch.ones_like(b.weight)) for b in bns)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_width_mult_convnet_and_unsupported_archs():
+    assert create_model("convnet_bn", num_classes=10, img_size=32, width_mult=0.25).width == 32
+    assert create_model("convnet", num_classes=10, img_size=32, width=64, width_mult=0.25).width == 64  # explicit
+    with pytest.raises(ValueError, match="vgg11_bn has no width option"):
+        create_model("vgg11_bn", num_classes=10, img_size=32, width_mult=0.5)
+
+
 @pytest.mark.parametrize("size", [32, 224])
 def test_resnet18_has_20_batchnorms_with_stem_first(size):
     model = create_model("resnet18", num_classes=10, img_size=size)

@@ -147,6 +147,19 @@ def test_trains_once_then_hits_cache(fake_eval, digits: Dataset, recipe: Path, m
     assert trainings() == 4
 
 
+def test_recipe_width_mult_builds_narrow_teacher_and_reloads_it(fake_eval, digits, recipe, monkeypatch) -> None:
+    plain = fake_eval.load_protocol
+    monkeypatch.setattr(fake_eval, "load_protocol", lambda *a, **k: types.SimpleNamespace(**{
+        **vars(plain(*a, **k)), "width_mult": 0.25}))  # fmt: skip
+    t = get_teacher(digits, TeacherSpec(arch="convnet_bn", recipe=str(recipe)))
+    assert t.id.startswith(f"convnet_bnx0.25-{digits.class_hash}-") and t.model.width == 32
+    import json
+
+    assert json.loads((t.path / "teacher.json").read_text())["width_mult"] == 0.25
+    again = load_teacher(t.id, digits)  # rebuilt at the recorded width, or the state dict would not fit
+    assert again.model.width == 32 and again.sha256 == t.sha256
+
+
 def test_refresh_retrains(fake_eval, digits: Dataset, recipe: Path) -> None:
     spec = TeacherSpec(arch=ARCH, recipe=str(recipe))
     first = get_teacher(digits, spec)

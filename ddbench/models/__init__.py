@@ -47,19 +47,37 @@ _ALIASES = {
     "shufflenetv2": ("shufflenet_v2_x1_0", "shufflenet_v2"),
     "deit_tiny_bn": ("deit_tiny_bn_patch16",),
 }
+#: Built-in architectures whose factory takes ``width_mult`` (channel widths scaled, depth and norms kept).
+WIDTH_ARCHS = frozenset({"resnet18", "resnet50", "resnet101", "convnet", "convnet_bn"})
+
 for _name, _target in _BUILTIN.items():
     ARCHS.register(_name, _target, aliases=_ALIASES.get(_name, ()), origin="builtin")
 
 
-def create_model(arch: str, num_classes: int, img_size: int = 32, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+def create_model(
+    arch: str, num_classes: int, img_size: int = 32, in_chans: int = 3, width_mult: float = 1.0, **kwargs: Any
+) -> nn.Module:
     """Build ``arch`` for ``num_classes`` classes and ``img_size``-pixel, ``in_chans``-channel inputs.
 
     Keyword arguments that are None are dropped, so unset CLI flags never override a model's defaults (timm).
+    ``width_mult`` (channel-width multiplier, for the CPU-scale teachers of spec sre2l-dwa §10) is passed only
+    when it is not 1, and only families listed in :data:`WIDTH_ARCHS` accept it.
+
+    Raises:
+        ValueError: ``width_mult != 1`` for an architecture without a width option.
     """
     factory = ARCHS.get(arch)
+    name = ARCHS.canonical(arch)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if width_mult != 1.0:
+        if name not in WIDTH_ARCHS:
+            raise ValueError(
+                f"{name} has no width option (width_mult {width_mult:g}); use one of {', '.join(sorted(WIDTH_ARCHS))} "
+                "or width_mult = 1"
+            )
+        kwargs["width_mult"] = width_mult
     model = factory(num_classes=num_classes, img_size=img_size, in_chans=in_chans, **kwargs)
-    model.ddbench_arch = ARCHS.canonical(arch)
+    model.ddbench_arch = name
     return model
 
 
@@ -68,4 +86,4 @@ def list_models(pattern: str = "*", exclude: str | list[str] = ()) -> list[str]:
     return ARCHS.list(pattern, exclude)
 
 
-__all__ = ["ARCHS", "create_model", "list_models"]
+__all__ = ["ARCHS", "WIDTH_ARCHS", "create_model", "list_models"]

@@ -84,14 +84,22 @@ class ConvNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def convnet(num_classes: int = 10, img_size: int = 32, in_chans: int = 3, **kwargs: Any) -> ConvNet:
-    """MTT's ConvNet (width 128, instance norm, depth from ``img_size``); ``width``/``depth``/``norm`` override."""
+def convnet(
+    num_classes: int = 10, img_size: int = 32, in_chans: int = 3, width_mult: float = 1.0, **kwargs: Any
+) -> ConvNet:
+    """MTT's ConvNet (width 128, instance norm, depth from ``img_size``); ``width``/``depth``/``norm`` override.
+
+    ``width_mult`` scales the default width (128 → ``round(128·m)``) unless ``width`` is given.
+    """
+    kwargs.setdefault("width", max(1, round(128 * width_mult)))
     model = ConvNet(num_classes, img_size=img_size, in_chans=in_chans, **kwargs)
     logger.debug("convnet: img_size=%d → depth %d, norm %s, %d features", img_size, model.depth, model.norm,
                  model.num_features)  # fmt: skip
     return model
 
 
-def convnet_bn(num_classes: int = 10, img_size: int = 32, in_chans: int = 3, **kwargs: Any) -> ConvNet:
+def convnet_bn(
+    num_classes: int = 10, img_size: int = 32, in_chans: int = 3, width_mult: float = 1.0, **kwargs: Any
+) -> ConvNet:
     """The ConvNet with BatchNorm (MTT's ``ConvNetBN``; DWA's "ConvNet-128" needs a BN-equipped ConvNet)."""
-    return convnet(num_classes, img_size, in_chans, **{"norm": "batch", **kwargs})
+    return convnet(num_classes, img_size, in_chans, width_mult, **{"norm": "batch", **kwargs})

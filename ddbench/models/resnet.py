@@ -8,6 +8,10 @@ Small inputs (``stem="lowres"``, chosen automatically for ``img_size <= 64``): t
 else changes (layer strides 1, 2, 2, 2), so layer4 is 4×4 at 32 px and 8×8 at 64 px. At 224 px
 (``stem="imagenet"``) the network is the unmodified torchvision one, down to the initialisation sequence.
 ``in_chans != 3`` only changes ``conv1``'s input channels.
+
+``width_mult`` scales the base width (64 → ``round(64·m)``; stages w, 2w, 4w, 8w) with depth and every BatchNorm
+kept: spec sre2l-dwa §10's CPU-trainable teacher is ResNet-18 at ×0.25 (16 base channels). Rebuilt stages get
+torchvision's initialisation (Kaiming fan-out convolutions, unit BatchNorm).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class ResNet(tv_resnet.ResNet):
         num_classes: classifier width.
         in_chans: input channels (1 for MNIST and digits).
         stem: ``"imagenet"`` or ``"lowres"`` (resolve ``"auto"`` with :func:`~ddbench.models._stems.resolve_stem`).
+        channels: base width (torchvision: 64); the stages are ``channels·(1, 2, 4, 8)``.
         **kwargs: passed to torchvision's ResNet (``zero_init_residual``, ``norm_layer``, ...).
     """
 
@@ -53,19 +58,39 @@ class ResNet(tv_resnet.ResNet):
         num_classes: int = 1000,
         in_chans: int = 3,
         stem: str = "imagenet",
+        channels: int = 64,
         **kwargs: Any,
     ) -> None:
         super().__init__(block, layers, num_classes=num_classes, **kwargs)
+        if channels != self.conv1.out_channels:
+            self._rebuild_stages(block, layers, num_classes, channels, kwargs.get("zero_init_residual", False))
         spec = STEMS[stem]
-        if spec != STEMS["imagenet"] or in_chans != 3:
-            width = self.conv1.out_channels
-            self.conv1 = nn.Conv2d(in_chans, width, spec.kernel, spec.stride, spec.padding, bias=False)
+        if spec != STEMS["imagenet"] or in_chans != 3 or channels != 64:
+            self.conv1 = nn.Conv2d(in_chans, channels, spec.kernel, spec.stride, spec.padding, bias=False)
             nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's init
         if not spec.pool:
             self.maxpool = nn.Identity()
         self.stem = stem
         self.in_chans = in_chans
         self.num_features = self.fc.in_features
+
+    def _rebuild_stages(
+        self, block: type[nn.Module], layers: list[int], num_classes: int, channels: int, zero_init_residual: bool
+    ) -> None:
+        """Replace bn1, layer1-4 and fc by ``channels``-based ones (same attribute slots, so module order holds)."""
+        self.inplanes = channels
+        self.bn1 = self._norm_layer(channels)
+        for i, n in enumerate(layers):
+            stage = self._make_layer(block, channels << i, n, stride=1 if i == 0 else 2)
+            setattr(self, f"layer{i + 1}", stage)
+            for m in stage.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif zero_init_residual and isinstance(m, tv_resnet.Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif zero_init_residual and isinstance(m, tv_resnet.BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+        self.fc = nn.Linear((channels << 3) * block.expansion, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The layer4 output (after the last block's residual add and ReLU), before global pooling."""
@@ -91,11 +116,14 @@ def _resnet(
     img_size: int,
     in_chans: int,
     stem: str,
+    width_mult: float = 1.0,
     **kwargs: Any,
 ) -> ResNet:
     stem = resolve_stem(stem, img_size)
-    logger.debug("ResNet%s: img_size=%d in_chans=%d → %s stem", layers, img_size, in_chans, stem)
-    return ResNet(block, layers, num_classes=num_classes, in_chans=in_chans, stem=stem, **kwargs)
+    channels = max(1, round(64 * width_mult))
+    logger.debug("ResNet%s: img_size=%d in_chans=%d → %s stem, %d base channels", layers, img_size, in_chans, stem,
+                 channels)  # fmt: skip
+    return ResNet(block, layers, num_classes=num_classes, in_chans=in_chans, stem=stem, channels=channels, **kwargs)
 
 
 def resnet18(
