@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ddbench.models
-from ddbench.config import ConfigError, load_toml
+from ddbench.config import ConfigError, config_hash, load_toml
 from ddbench.data.source import TensorSource
 from ddbench.distilled import DistilledSet, SoftLabelSpec
 from ddbench.evaluate import (
@@ -32,6 +32,7 @@ from ddbench.evaluate import (
     train_students,
 )
 from ddbench.protocols import PROTOCOLS
+from ddbench.teachers import recipe_path
 
 MEAN, STD = (0.5,), (0.25,)
 
@@ -236,6 +237,18 @@ def test_hash_tracks_every_field_but_the_description():
     assert load_protocol("dwa-cifar").hash == load_protocol("dwa-cifar").hash
 
 
+def test_width_mult_enters_the_hash_only_when_set():
+    p = tiny_protocol()
+    values = dataclasses.asdict(p)
+    values.pop("description")
+    values.pop("width_mult")
+    assert p.hash == config_hash(values)  # adding the field kept every existing cache key
+    assert dataclasses.replace(p, width_mult=0.25).hash != p.hash
+    for dataset in ("cifar10", "tiny-imagenet"):  # spec sre2l-dwa §10: the cpu teachers are ResNet-18 ×0.25
+        assert load_protocol(recipe_path(dataset), profile="cpu").width_mult == 0.25
+        assert load_protocol(recipe_path(dataset)).width_mult == 1.0
+
+
 def test_hints_apply_only_when_allowed():
     mtt = load_protocol("mtt")
     assert apply_hints(mtt, {"syn_lr": 0.037, "other": 1.0}).lr == 0.037
@@ -298,16 +311,41 @@ def test_same_seed_same_weights_different_seed_differs():
     assert torch.equal(a.fc.weight, b.fc.weight) and not torch.equal(a.fc.weight, c.fc.weight)
 
 
-def test_amp_and_channels_last_are_noops_on_cpu_and_progress_reports_epochs(caplog):
+def test_channels_last_is_numerically_equivalent_and_progress_reports_epochs():
     x, y = tiny_data()
     a, b = seeded(0), seeded(0)
     calls = []
     train([a], tiny_protocol(), x, y)
-    with caplog.at_level("INFO", logger="ddbench.evaluate"):
-        train([b], tiny_protocol(), x, y, amp=True, channels_last=True, progress=lambda *c: calls.append(c))
-    assert torch.equal(a.fc.weight, b.fc.weight)
-    assert "ignored (CUDA only)" in caplog.text
+    train([b], tiny_protocol(), x, y, channels_last=True, progress=lambda *c: calls.append(c))
+    assert b.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(a.fc.weight, seeded(0).fc.weight)  # it trained
+    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(wa, wb, atol=1e-5, rtol=1e-4), name
     assert calls == [("train", 1, 3), ("train", 2, 3), ("train", 3, 3)]
+
+
+def test_amp_runs_forwards_in_bf16_and_keeps_fp32_weights():
+    x, y = tiny_data()
+    a, b = seeded(0), seeded(0)
+    dtypes = []
+    b.conv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    teacher = seeded(7).eval()
+    teacher_dtypes = []
+    teacher.conv.register_forward_hook(lambda m, i, o: teacher_dtypes.append(o.dtype))
+    p = tiny_protocol(label_mode="teacher", loss="kl", temperature=4.0)
+
+    def soft(z: torch.Tensor) -> torch.Tensor:
+        return teacher(z).float()
+
+    train([a], p, x, y, soft_targets=soft)
+    assert set(teacher_dtypes) == {torch.float32}
+    teacher_dtypes.clear()
+    train([b], p, x, y, soft_targets=soft, amp=True)
+    assert set(dtypes) == {torch.bfloat16} and set(teacher_dtypes) == {torch.bfloat16}
+    assert all(w.dtype == torch.float32 for w in b.state_dict().values() if w.is_floating_point())
+    delta = (b.fc.weight - a.fc.weight).abs().max().item()
+    moved = (a.fc.weight - seeded(0).fc.weight).abs().max().item()
+    assert 0 < delta < 0.1 * moved  # bf16 rounding changes the numbers, a little, not the training
 
 
 class Recorder(nn.Module):

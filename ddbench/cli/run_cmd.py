@@ -24,8 +24,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-archs", "--archs", dest="archs", default=None, help="comma-separated student architectures")
     g.add_argument("--protocol", default=None, help="evaluation protocol (default: the dataset's)")
     g.add_argument("--seeds", default=None, help="comma-separated evaluation seeds (default: the protocol's count)")
-    g.add_argument("--amp", action="store_true", help="bf16 autocast for students on CUDA")
-    g.add_argument("--channels-last", action="store_true", help="channels-last memory format on CUDA")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast of student/teacher forwards (CUDA speed-up)")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format (CUDA speed-up)")
     g.add_argument("--store", default=None, help="results database (default $DDBENCH_HOME/results.sqlite)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
