@@ -1,4 +1,4 @@
-"""Frozen dataclass configs, TOML presets, precedence and the canonical hash.
+"""Frozen dataclass configs, TOML presets, precedence, the canonical hash and derived seeds.
 
 Defaults live in code (a frozen dataclass per method or protocol); reproduction values live in data
 (``methods/configs/<method>.toml``). A preset file is organised by dataset::
@@ -75,6 +75,12 @@ def canonical_json(obj: Any) -> str:
 def config_hash(obj: Any, length: int = 16) -> str:
     """sha256 of :func:`canonical_json`, truncated; the cache key of whatever the config determines."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def derive_seed(seed: int, *keys: object) -> int:
+    """A 63-bit seed derived from ``seed`` and any keys, stable across processes and platforms."""
+    text = ":".join([str(seed), *map(str, keys)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 # -- typing ---------------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ third-party ones register through the ``ddbench.methods`` entry-point group.
 from __future__ import annotations
 
 import abc
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,18 +16,13 @@ from typing import Any, ClassVar
 
 import torch
 
+from ddbench.config import derive_seed
 from ddbench.data import Dataset
 from ddbench.distilled import DistilledSet
 from ddbench.io import atomic_file
 from ddbench.teachers import Teacher, TeacherSpec
 
 ProgressFn = Callable[[str, int, int], None]
-
-
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed derived from ``seed`` and any keys, stable across processes and platforms."""
-    text = ":".join([str(seed), *map(str, keys)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 @dataclass

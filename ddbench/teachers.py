@@ -3,7 +3,7 @@
 Teachers are first-class artifacts because most reproduction gaps in dataset distillation trace back to them
 (RDED#3/#5, CaO2#2): each cached teacher records its recipe, seed, class order and accuracy, and its weights are
 checked against a sha256 before every use. A teacher is trained by the same loop that trains evaluation
-students (:func:`ddbench.evaluate.train_students`) with a teacher recipe, a ``Protocol`` TOML under
+students (:func:`ddbench.train.train_students`) with a teacher recipe, a ``Protocol`` TOML under
 ``ddbench/protocols/teacher/``, on the full real train split with hard labels. The test accuracy is always
 recorded; a validation accuracy only when the recipe sets ``holdout_per_class`` (the paper recipes train on the
 whole train split and keep the last epoch, so nothing is selected and no hold-out is needed).
@@ -12,8 +12,9 @@ Layout: ``$DDBENCH_HOME/teachers/<dataset>/<arch>-<class hash>-<recipe hash>-s<s
 (a state dict) and ``teacher.json``; the folder name is the teacher id. Imported checkpoints live beside them as
 ``<arch>-<class hash>-import<sha256[:16]>``.
 
-The training loop lives in :mod:`ddbench.evaluate`, a layer above this one; it is imported inside the functions
-that need it, so importing this module (for the contract types) stays cheap and free of cycles.
+The training loop (:mod:`ddbench.train`) and the recipe schema (:mod:`ddbench.protocol`) sit at this module's
+layer or below, so they are imported here directly; :mod:`ddbench.evaluate`, which scores distilled sets and sits
+above the teachers, is never imported, which keeps the import arrows pointing one way and free of cycles.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from ddbench.config import ConfigError, config_hash
 from ddbench.data.spec import class_order_hash
 from ddbench.errors import UserError
 from ddbench.io import atomic_dir, home, lock, sha256_file
+from ddbench.protocol import TEACHER_RECIPE_DIR, load_protocol
+from ddbench.train import evaluate_models, train_students
 from ddbench.version import __version__
 
 if TYPE_CHECKING:
@@ -109,8 +112,6 @@ ProgressFn = Callable[[str, int, int], None]
 
 def recipe_dir() -> Path:
     """Folder of the shipped teacher recipes (``Protocol`` TOMLs shared with the evaluation protocols)."""
-    from ddbench.evaluate import TEACHER_RECIPE_DIR
-
     return TEACHER_RECIPE_DIR
 
 
@@ -265,8 +266,6 @@ def _base_meta(dataset: Dataset, arch: str) -> dict[str, Any]:
 
 def _accuracy(model: nn.Module, dataset: Dataset, device: torch.device | str, splits: dict[str, Any]) -> dict:
     """Top-1/top-5 (%) of a model on the given splits, through the evaluator every student uses."""
-    from ddbench.evaluate import evaluate_models
-
     out: dict[str, float] = {}
     for name, source in splits.items():
         ((top1, top5),) = evaluate_models(
@@ -287,7 +286,6 @@ def _train(
     progress: ProgressFn | None,
 ) -> Teacher:
     """Train a teacher with the student loop on the real train split (hard labels), measure it, save it."""
-    from ddbench.evaluate import train_students
     from ddbench.models import create_model
 
     holdout = int(getattr(protocol, "holdout_per_class", 0) or 0)
@@ -388,8 +386,6 @@ def get_teacher(
     arch = ARCHS.canonical(spec.arch or dataset.spec.default_teacher)
     if dataset.id == "imagenet-1k" and arch == "resnet18" and spec.recipe in ("", "default"):
         return _torchvision_resnet18(dataset, device=device)
-    from ddbench.evaluate import load_protocol
-
     path = recipe_path(dataset.id, spec.recipe)
     protocol = load_protocol(path, profile=profile)
     name = DATASET_RECIPES.get(dataset.id, "default") if spec.recipe in ("", "default") else spec.recipe

@@ -378,7 +378,7 @@ def test_teacher_sees_exactly_the_students_mixed_batch(mix):
 
 
 def test_stored_soft_targets_are_mixed_with_the_batch_pairing():
-    from ddbench.evaluate import _targets
+    from ddbench.train import _targets
 
     stored = torch.randn(6, 3)
     p = tiny_protocol(label_mode="stored", loss="kl", temperature=2.0)

@@ -1,7 +1,9 @@
 """Teachers: cache hits, one training under concurrency, corruption, class order, imports, ImageNet weights.
 
-Most tests replace the training loop (``ddbench.evaluate``) with a fake that counts trainings, because what is
-tested here is the caching around it; ``test_two_processes_train_once`` runs the real loop (convnet on digits).
+Most tests replace the training loop (``load_protocol``, ``train_students`` and ``evaluate_models`` as
+``ddbench.teachers`` imported them from ``ddbench.protocol`` and ``ddbench.train``) with a fake that counts
+trainings, because what is tested here is the caching around it; ``test_two_processes_train_once`` runs the real
+loop (convnet on digits).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 import torch
 from torch import nn
 
+import ddbench.teachers as teachers_module
 from ddbench.config import ConfigError
 from ddbench.data import load_dataset
 from ddbench.data.dataset import Dataset
@@ -57,7 +60,7 @@ def tiny_net(num_classes: int, img_size: int = 32, in_chans: int = 3) -> nn.Modu
 if ARCH not in ARCHS:
     ARCHS.register(ARCH, tiny_net, origin="tests")
 
-FAKE_EVALUATE = """
+FAKE_LOOP = """
 import os, time
 from types import SimpleNamespace
 from pathlib import Path
@@ -88,17 +91,27 @@ def evaluate_models(models, source, mean, std, device, batch_size=256):
 """
 
 
+#: The names ddbench.teachers takes from ddbench.protocol and ddbench.train that the fake replaces.
+FAKED = ("load_protocol", "train_students", "evaluate_models")
+
+
 def _fake_module() -> types.ModuleType:
-    module = types.ModuleType("ddbench.evaluate")
-    exec(compile(FAKE_EVALUATE, "fake_evaluate", "exec"), module.__dict__)
+    module = types.ModuleType("fake_training_loop")
+    exec(compile(FAKE_LOOP, "fake_training_loop", "exec"), module.__dict__)
     return module
 
 
 @pytest.fixture
 def fake_eval(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """Swap the fakes in where ddbench.teachers looks its training loop up (its module globals).
+
+    Returns ``ddbench.teachers`` itself, so a test that ``monkeypatch.setattr(fake_eval, name, ...)`` replaces the
+    function the teachers code calls next.
+    """
     module = _fake_module()
-    monkeypatch.setitem(sys.modules, "ddbench.evaluate", module)
-    return module
+    for name in FAKED:
+        monkeypatch.setattr(teachers_module, name, getattr(module, name))
+    return teachers_module
 
 
 @pytest.fixture(scope="module")
@@ -276,16 +289,16 @@ import os, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-import ddbench.evaluate as ev
+import ddbench.teachers as teachers
 from ddbench.data import load_dataset
 from ddbench.teachers import TeacherSpec, get_teacher
 
-real = ev.train_students
+real = teachers.train_students
 def counted(*args, **kwargs):
     with open(Path(os.environ["DDBENCH_HOME"]) / "trainings.log", "a") as fh:
         fh.write(f"{os.getpid()}\\n")
     return real(*args, **kwargs)
-ev.train_students = counted
+teachers.train_students = counted
 
 ds = load_dataset("digits")
 home = Path(os.environ["DDBENCH_HOME"])
@@ -301,7 +314,7 @@ print(t.id, t.sha256, t.accuracy["test_top1"])
 def test_two_processes_train_once(digits: Dataset, tmp_path: Path) -> None:
     """Two processes ask for the same teacher at the same moment: one trains it (real loop, convnet on digits),
     the other waits on the lock and loads the result."""
-    pytest.importorskip("ddbench.evaluate")
+    pytest.importorskip("ddbench.train")
     recipe = tmp_path / "one-epoch.toml"
     recipe.write_text(REAL_RECIPE)
     script = tmp_path / "child.py"

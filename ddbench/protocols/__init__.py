@@ -1,6 +1,6 @@
 """Evaluation protocols shipped with ddbench: one versioned TOML file per protocol in this folder.
 
-The registry maps a protocol id (the file stem) to its path; :mod:`ddbench.evaluate` parses and validates it.
+The registry maps a protocol id (the file stem) to its path; :mod:`ddbench.protocol` parses and validates it.
 """
 
 from __future__ import annotations

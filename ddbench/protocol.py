@@ -1,0 +1,290 @@
+"""Evaluation protocols: the versioned TOML schema every student and teacher is trained under.
+
+A :class:`Protocol` is a frozen dataclass of typed defaults, filled by :func:`load_protocol` from a TOML file in
+``ddbench/protocols/`` (or a user's file). Unknown keys and wrong types fail naming the file and key. A
+``[profile.cpu]`` table may only shrink epochs, batch and seeds (:data:`SHRINK_KEYS`), so a CPU run keeps the
+paper's mechanism. Teacher recipes (``ddbench/protocols/teacher/*.toml``, :data:`TEACHER_RECIPE_DIR`) use the same
+schema but are not registered as evaluation protocols.
+
+This module is only the schema: it holds no training code and imports nothing but :mod:`ddbench.config` and the
+protocol registry (:mod:`ddbench.protocols`), so the training loop (:mod:`ddbench.train`), the teachers and the
+evaluator can all depend on it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ddbench.config import BASE_PROFILE, ConfigError, coerce, config_hash, field_types, from_dict, load_toml
+
+logger = logging.getLogger(__name__)
+
+#: Folder of the shipped teacher-training recipes (same schema, not registered as evaluation protocols).
+TEACHER_RECIPE_DIR = Path(__file__).parent / "protocols" / "teacher"
+
+#: Protocol fields added after the first release, with the default that leaves a protocol's hash unchanged.
+LATER_FIELDS: dict[str, Any] = {"width_mult": 1.0}
+
+#: Keys a ``[profile.cpu]`` table may set: it shrinks the run, never changes the mechanism.
+SHRINK_KEYS = frozenset(
+    {"epochs", "batch_size", "eval_seeds", "test_every", "warmup_epochs", "milestones", "width_mult"}
+)
+
+#: Artifact hints a protocol with ``use_hints = true`` applies, and the field each one sets (MTT's learned lr).
+HINT_FIELDS = {"syn_lr": "lr"}
+
+#: Batch augmentations ``aug`` may list; :func:`ddbench.train.augment_batch` applies them in the listed order.
+AUG_OPS = ("crop_pad", "rrc", "flip", "dsa")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a student is trained on a distilled set and scored. Every field has a typed default.
+
+    Attributes:
+        name: protocol id (the TOML file's stem unless the file sets it).
+        version: bump whenever a change can move numbers; part of every record.
+        description: one paragraph: source and purpose.
+        profile: the profile this instance was resolved under (``paper`` or e.g. ``cpu``); set by the loader.
+        epochs: passes over the distilled set.
+        batch_size: images per step; the last batch of an epoch may be smaller (DataLoader ``drop_last=False``).
+        optimizer: ``sgd``, ``adamw`` or ``adam``.
+        lr: base learning rate (an artifact hint may replace it when ``use_hints``).
+        momentum, nesterov: SGD only.
+        betas: Adam/AdamW only.
+        weight_decay: decoupled for AdamW, L2 for SGD/Adam.
+        no_weight_decay_1d: no weight decay on parameters with ≤ 1 dimension (biases, norm weights), as the
+            DWA/CDA ImageNet recipe.
+        schedule: per-epoch multiplier after warmup: ``cosine`` ½(1+cos(πe/E)) to 0; ``step`` ×gamma at each
+            milestone; ``constant``; ``smooth`` EDC's ½(1+cos(πe/(ζE))) and ``smooth_linear`` 1−e/(ζE), ζ =
+            ``smooth_zeta`` (EDC §4.1).
+        warmup_epochs, warmup_start_factor: linear warmup from ``start_factor·lr`` (torchvision LinearLR); the main
+            schedule then runs over the remaining ``epochs − warmup_epochs`` epochs.
+        milestones, gamma: for ``step``; epoch e runs at lr·gamma^(number of milestones ≤ e).
+        reset_optimizer_at_milestones: build a fresh optimizer (momentum reset) at each milestone, as MTT.
+        aug: ordered batch augmentations: ``crop_pad`` (RandomCrop with zero padding), ``rrc`` (RandomResizedCrop
+            to the input size), ``flip`` (horizontal, p = ½), ``dsa`` (MTT's DSA). Per-sample parameters.
+        rrc_scale: RandomResizedCrop area range.
+        crop_padding: RandomCrop padding as a fraction of the image side, int(f·side + ½) pixels: 0.125 is
+            CIFAR's 4 px at 32 px (8 at 64, 1 at 8), so one value serves every resolution.
+        dsa_strategy: DSA families (MTT: ``color_crop_cutout_flip_scale_rotate``).
+        mix: ``none``, ``mixup`` or ``cutmix``; one λ and one pairing per batch.
+        mix_alpha: λ ~ Beta(α, α).
+        mix_prob: probability that a batch is mixed (the coin is always drawn, so streams stay aligned).
+        cutmix_pairing: ``perm`` (random permutation) or ``roll`` (torchvision reference: neighbour pairing).
+        label_mode: ``hard`` labels; ``teacher`` (one online teacher); ``ensemble`` (mean logits of several);
+            ``stored`` (the artifact's per-image soft labels); ``artifact`` (whatever the set's SoftLabelSpec says).
+        loss: ``ce`` (hard labels only), ``kl`` (KL(batchmean) of log_softmax(z_s/T) against softmax(z_t/T)),
+            ``mse_ce`` (EDC: MSE to the target logits + ``ce_weight``·CE on the unmixed hard label).
+        temperature: KD temperature; None takes the artifact's preferred value, else 1.
+        kl_t2: multiply the KL by T² (DWA/SRe2L Tiny).
+        ce_weight: weight of the CE term of ``mse_ce``.
+        ema: student parameter EMA decay (EDC 0.99), evaluated instead of the live weights; None = off.
+        eval_seeds: default number of evaluation seeds.
+        teacher_bn_train_mode_quirk: run the teacher with train-mode BN (batch statistics, drifting running stats),
+            as DWA's and SRe2L's CIFAR eval scripts do by accident (spec sre2l-dwa §9.2). A copy of the teacher
+            is used so the cached one never changes.
+        test_every: epochs between test evaluations for the logged curve (0 = final epoch only). The curve is
+            never used to pick a number.
+        test_batch_size: batch size of test passes (does not change any number).
+        use_hints: let the artifact's evaluation hints set fields (``syn_lr`` → ``lr``).
+        holdout_per_class: teacher recipes only: train images per class held out as a validation split.
+        width_mult: channel-width multiplier of the models trained under this recipe
+            (:func:`ddbench.models.create_model`; ResNet and ConvNet families only). 1 everywhere in the paper
+            protocols; the ``cpu`` teacher recipes use ×0.25, spec sre2l-dwa §10's CPU-trainable ResNet-18.
+    """
+
+    name: str = ""
+    version: int = 1
+    description: str = ""
+    profile: str = BASE_PROFILE
+    epochs: int = 300
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 5e-4
+    no_weight_decay_1d: bool = False
+    schedule: Literal["cosine", "step", "constant", "smooth", "smooth_linear"] = "cosine"
+    smooth_zeta: float = 2.0
+    warmup_epochs: int = 0
+    warmup_start_factor: float = 0.01
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    reset_optimizer_at_milestones: bool = False
+    aug: tuple[str, ...] = ("crop_pad", "flip")
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    crop_padding: float = 0.125
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    mix: Literal["none", "mixup", "cutmix"] = "none"
+    mix_alpha: float = 1.0
+    mix_prob: float = 1.0
+    cutmix_pairing: Literal["perm", "roll"] = "perm"
+    label_mode: Literal["hard", "teacher", "ensemble", "stored", "artifact"] = "hard"
+    loss: Literal["ce", "kl", "mse_ce"] = "ce"
+    temperature: float | None = None
+    kl_t2: bool = False
+    ce_weight: float = 0.025
+    ema: float | None = None
+    eval_seeds: int = 3
+    teacher_bn_train_mode_quirk: bool = False
+    test_every: int = 0
+    test_batch_size: int = 500
+    use_hints: bool = False
+    holdout_per_class: int = 0
+    width_mult: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.version >= 1, "version must be >= 1"),
+            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+            (self.lr > 0 and self.weight_decay >= 0 and self.momentum >= 0, "lr > 0, weight_decay >= 0, momentum >= 0"),
+            (0 <= self.warmup_epochs < self.epochs, "warmup_epochs must be in [0, epochs)"),
+            (0 < self.warmup_start_factor <= 1, "warmup_start_factor must be in (0, 1]"),
+            (all(a in AUG_OPS for a in self.aug), f"aug entries must be among {', '.join(AUG_OPS)}"),
+            (0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1, "rrc_scale must satisfy 0 < lo <= hi <= 1"),
+            (0 <= self.crop_padding < 1, "crop_padding is a fraction of the image side, in [0, 1)"),
+            (self.mix_alpha > 0 and 0 <= self.mix_prob <= 1, "mix_alpha > 0 and mix_prob in [0, 1]"),
+            (self.temperature is None or self.temperature > 0, "temperature must be > 0"),
+            (self.ema is None or 0 < self.ema < 1, "ema must be in (0, 1) or unset"),
+            (self.smooth_zeta >= 1, "smooth_zeta must be >= 1"),
+            (self.width_mult > 0, "width_mult must be > 0"),
+            (self.eval_seeds >= 1 and self.test_every >= 0, "eval_seeds >= 1 and test_every >= 0"),
+            (list(self.milestones) == sorted(self.milestones), "milestones must be ascending"),
+            (
+                self.schedule != "step" or all(0 < m <= self.epochs for m in self.milestones),
+                "milestones in (0, epochs]",
+            ),
+            (self.label_mode != "hard" or self.loss == "ce", "label_mode 'hard' needs loss 'ce'"),
+            (
+                self.label_mode in ("hard", "artifact") or self.loss != "ce",
+                f"label_mode {self.label_mode!r} gives soft targets; use loss 'kl' or 'mse_ce'",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def hash(self) -> str:
+        """config_hash of every field but ``description``: the cache key of whatever this protocol determines.
+
+        Rewording a description moves no number, so it must not invalidate cached teachers or evaluations; fields
+        added after the first release (:data:`LATER_FIELDS`) count only when they differ from their default, so
+        adding one leaves every existing key valid.
+        """
+        values = dataclasses.asdict(self)
+        values.pop("description")
+        for key, default in LATER_FIELDS.items():
+            if values[key] == default:
+                values.pop(key)
+        return config_hash(values)
+
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier of ``lr`` during 0-based ``epoch`` (schedules step once per epoch, as every upstream)."""
+        if epoch < self.warmup_epochs:
+            return self.warmup_start_factor + (1 - self.warmup_start_factor) * epoch / self.warmup_epochs
+        e, n = epoch - self.warmup_epochs, self.epochs - self.warmup_epochs
+        if self.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * e / n))
+        if self.schedule == "smooth":
+            return 0.5 * (1 + math.cos(math.pi * e / (self.smooth_zeta * n)))
+        if self.schedule == "smooth_linear":
+            return 1 - e / (self.smooth_zeta * n)
+        if self.schedule == "step":
+            return self.gamma ** sum(1 for m in self.milestones if m <= epoch)
+        return 1.0
+
+
+def protocol_path(name_or_path: str | Path) -> Path:
+    """A registered protocol id (``dwa-cifar``) or a path to a TOML file → the file."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".toml" or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"protocol file {path} does not exist")
+        return path
+    from ddbench.protocols import PROTOCOLS
+
+    return PROTOCOLS.get(str(name_or_path))
+
+
+def load_protocol(
+    name_or_path: str | Path, profile: str = BASE_PROFILE, overrides: Mapping[str, Any] | None = None
+) -> Protocol:
+    """Load a protocol by registry id or TOML path, under a profile, with optional ``--set`` overrides.
+
+    The file holds flat keys plus optional ``[profile.<name>]`` tables that override them. ``version`` is
+    required. Every profile table is checked for unknown keys, and ``[profile.cpu]`` may only set
+    :data:`SHRINK_KEYS`, whichever profile is being loaded.
+
+    Raises:
+        ConfigError: naming the file (and profile table) and the offending key.
+    """
+    path = protocol_path(name_or_path)
+    data = dict(load_toml(path))
+    profiles = data.pop("profile", {})
+    types = field_types(Protocol)
+    if not isinstance(profiles, Mapping) or not all(isinstance(v, Mapping) for v in profiles.values()):
+        raise ConfigError(f"{path}: 'profile' must hold tables like [profile.cpu]")
+    if "version" not in data:
+        raise ConfigError(f"{path}: 'version' is required (bump it whenever a change can move numbers)")
+    for key in ("profile",):
+        if key in data:
+            raise ConfigError(f"{path}: {key!r} is set by the loader, not the file")
+    for pname, table in profiles.items():
+        where = f"{path} [profile.{pname}]"
+        for key, value in table.items():
+            if key not in types or key in ("name", "version", "profile"):
+                raise ConfigError(f"{where}: unknown or fixed key {key!r} for Protocol; known: {', '.join(types)}")
+            if pname == "cpu" and key not in SHRINK_KEYS:
+                raise ConfigError(
+                    f"{where}: {key!r} would change the mechanism; cpu may only set {sorted(SHRINK_KEYS)}"
+                )
+            coerce(value, types[key], f"{where}: {key}")
+    if profile != BASE_PROFILE and not profiles:
+        # a user protocol without profiles is one recipe: use it as written under every run profile
+        logger.info("%s defines no profiles; using it as written for profile %r", path, profile)
+        profile = BASE_PROFILE
+    if profile != BASE_PROFILE and profile not in profiles:
+        known = ", ".join([BASE_PROFILE, *profiles])
+        raise ConfigError(f"{path}: no profile {profile!r}; available: {known}")
+    values = {"name": path.stem, **data, **(profiles.get(profile, {}) if profile != BASE_PROFILE else {})}
+    source = f"{path}" + (f" [profile.{profile}]" if profile != BASE_PROFILE else "")
+    protocol = from_dict(Protocol, {**values, "profile": profile}, source)
+    if overrides:
+        protocol = from_dict(Protocol, {**dataclasses.asdict(protocol), **overrides}, f"{source} + overrides")
+    return protocol
+
+
+def apply_hints(protocol: Protocol, hints: Mapping[str, float] | None) -> Protocol:
+    """The protocol with the artifact's evaluation hints applied, if the protocol allows hints."""
+    if not protocol.use_hints or not hints:
+        return protocol
+    updates = {HINT_FIELDS[k]: float(v) for k, v in hints.items() if k in HINT_FIELDS}
+    ignored = sorted(set(hints) - set(HINT_FIELDS))
+    if ignored:
+        logger.info("protocol %s ignores unknown hints %s", protocol.name, ignored)
+    if updates:
+        logger.info("protocol %s: applying artifact hints %s", protocol.name, updates)
+    return dataclasses.replace(protocol, **updates)
+
+
+__all__ = [
+    "AUG_OPS",
+    "HINT_FIELDS",
+    "LATER_FIELDS",
+    "SHRINK_KEYS",
+    "TEACHER_RECIPE_DIR",
+    "Protocol",
+    "apply_hints",
+    "load_protocol",
+    "protocol_path",
+]
