@@ -11,16 +11,6 @@ import torch.nn.functional as F
 from ddbench.ops import augment as A
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tensors are tiny, and on a shared, oversubscribed CPU two spinning OpenMP
-    threads made batch-norm 35x slower than one (measured 25 ms vs 0.7 ms per call)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -37,16 +37,6 @@ from ddbench.teachers import recipe_path
 MEAN, STD = (0.5,), (0.25,)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tensors are tiny, and on a shared, oversubscribed CPU two spinning OpenMP
-    threads made batch-norm 35x slower than one (measured 25 ms vs 0.7 ms per call)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def all_protocol_files() -> list[Path]:
     return [PROTOCOLS.get(n) for n in PROTOCOLS.names()] + sorted(TEACHER_RECIPE_DIR.glob("*.toml"))
 

@@ -457,10 +457,10 @@ def test_cpu_preset_distils_digits_end_to_end(cls, digits, teacher, tmp_path) ->
 def test_cifar10_dwa_vs_sre2l_cpu_preset(tmp_path) -> None:
     """CIFAR-10, ipc 10, cpu presets, one shared harness teacher, DWA's CIFAR protocol (cpu profile): both methods.
 
-    Reports top-1 and ``feat_dist_*`` of both and asserts only what must hold (better than chance, finite
-    diversity, ‖Δθ‖ ≤ ρ); the ordering DWA > SRe2L is the spec's acceptance *check* (§10), reported, not asserted.
-    Cost: the harness's cpu teacher is a full-width ResNet-18 trained 15 epochs on 50k images, hours on 2 CPU cores
-    (minutes on a GPU).
+    The spec's CPU-scale acceptance check (§10.1): DWA's mean top-1 over the protocol's two evaluation seeds is at
+    least SRe2L's. The diversity ordering (§10.3) is an [inferred] expectation, so it is reported, not asserted.
+    Cost on 2 cores: the cpu teacher (ResNet-18 ×0.25, 15 epochs on 50k images) ~26 min, then per method ~1 min
+    of recover and ~11 min of evaluation (full-width ResNet-18 students, 2 seeds); about 50 min in all.
     """
     import zipfile
 
@@ -478,15 +478,22 @@ def test_cifar10_dwa_vs_sre2l_cpu_preset(tmp_path) -> None:
     ds = load_dataset("cifar10", data_root=root)
     t = get_teacher(ds, TeacherSpec(), profile="cpu")
     protocol = load_protocol("dwa-cifar", profile="cpu")
+    theta_norm = torch.cat([p.detach().flatten() for p in t.model.parameters()]).norm().item()
     report = {}
     for cls in (SRe2L, DWA):
         cfg = resolve(cls.Config, preset=load_toml(cls.preset_path()), dataset="cifar10", ipc=10, profile="cpu").config
         out = cls(cfg).distill(DistillContext(ds, [t], 10, cfg, torch.device("cpu"), 0, tmp_path / cls.name))
-        rows = evaluate(out, ds, ["resnet18"], protocol, seed=0, teacher=t.model)
+        rows = [
+            evaluate(out, ds, ["resnet18"], protocol, seed=seed, teacher=t.model)[0]
+            for seed in range(protocol.eval_seeds)
+        ]
         div = diversity_metrics(t.model, out, ds, seed=0)
-        report[cls.name] = {"top1": rows[0].top1, **div}
-        assert rows[0].error is None and rows[0].top1 > 10.0
+        report[cls.name] = {"top1": [r.top1 for r in rows], **div}
+        assert all(r.error is None and r.top1 > 10.0 for r in rows)
         assert math.isfinite(div["feat_dist_mean"]) and div["feat_dist_mean"] > 0
         if cls is DWA:
             assert out.meta["dtheta_norm_max"] <= cfg.rho * (1 + 1e-5)
-    print(f"CIFAR-10 ipc10 cpu presets (teacher {t.accuracy}): {report}")
+            report[cls.name]["dtheta_rel"] = out.meta["dtheta_norm_max"] / theta_norm
+    print(f"CIFAR-10 ipc10 cpu presets (teacher {t.id}: {t.accuracy}): {report}")
+    mean = {name: sum(r["top1"]) / len(r["top1"]) for name, r in report.items()}
+    assert mean["dwa"] >= mean["sre2l"], f"DWA {mean['dwa']:.2f} < SRe2L {mean['sre2l']:.2f}: {report}"
