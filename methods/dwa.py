@@ -43,7 +43,6 @@ uses the dataset itself rather than DWA's external, undocumented init tensors (�
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,7 +51,7 @@ import torch.nn.functional as F
 from ddbench_methods.sre2l import RecoverRun, SRe2L, SRe2LConfig
 
 from ddbench.method import DistillContext
-from ddbench.ops.bn_stats import StatsRecorder
+from ddbench.ops.bn_stats import StatsRecorder, hookless_copy
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ class DWA(SRe2L):
         """A perturbable working copy of the teacher; BN hooks on it, or on θ_T for ``bn_stats_from=original``."""
         cfg = self.config
         teacher = ctx.teachers[0].model.to(ctx.device).eval()
-        work = copy.deepcopy(teacher).eval()  # copied before any hook is attached, so it carries none of ours
+        work = hookless_copy(teacher).eval()  # no foreign hooks: another recorder on θ_T must not see our passes
         stats_model = teacher if cfg.bn_stats_from == "original" else work
         recorder = StatsRecorder().attach(stats_model)
         return RecoverRun(teacher, work, recorder, stats_model, ctx.dataset.spec.mean, ctx.dataset.spec.std)

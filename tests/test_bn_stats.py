@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from ddbench.ops.bn_stats import StatsRecorder, bn_distances, bn_matching_loss, channel_moments
+from ddbench.ops.bn_stats import StatsRecorder, bn_distances, bn_matching_loss, channel_moments, hookless_copy
 
 
 def two_layer_net(seed: int = 0) -> nn.Sequential:
@@ -171,6 +171,21 @@ def test_recorder_lifecycle_disable_detach_and_several_models_in_turn() -> None:
             with pytest.raises(KeyError):  # conv layers have no running buffers: targets are required
                 bn_matching_loss(rec.stats("conv"), lambda_mean=1.0, lambda_var=1.0)
     assert all(not m._forward_hooks for net in nets for m in net.modules())
+
+
+def test_hookless_copy_does_not_feed_the_originals_recorder() -> None:
+    """A plain deepcopy would carry the closure hooks, so a forward on the copy would write into ``rec``."""
+    net = two_layer_net()
+    net.register_forward_pre_hook(lambda module, inputs: None)
+    x = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(3))
+    with StatsRecorder().attach(net) as rec:
+        clone = hookless_copy(net)
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in clone.modules())
+        assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(), net.state_dict().values()))
+        clone(x)
+        assert rec.stats() == []
+        net(x)  # the original keeps its hooks
+        assert len(rec.stats()) == 2
 
 
 def test_loss_gradient_reaches_every_image_of_the_batch() -> None:

@@ -11,6 +11,7 @@ import io
 import math
 from pathlib import Path
 
+import ddbench_methods.dwa as dwa_module
 import numpy as np
 import pytest
 import torch
@@ -327,6 +328,22 @@ def test_dwa_ascent_norm_bound_raises_ce_and_keeps_buffers(steps, digits, teache
     method.release(run)
 
 
+def test_dwa_working_copy_carries_no_foreign_hooks(digits, teacher, tmp_path) -> None:
+    """An SRe2L session holding hooks on θ_T (as in the recover benchmark) must not see DWA's forwards."""
+    other = sre2l()
+    other_run = other.prepare(make_ctx(digits, teacher, other.config, tmp_path / "s"))
+    method = dwa()
+    _, run, x, _ = directed_run(method, digits, teacher, tmp_path / "d")
+    try:
+        with torch.no_grad():
+            run.model(x)
+        assert other_run.recorder.stats() == []
+        assert len(run.recorder.stats()) == len(other_run.recorder.layers) > 0
+    finally:
+        method.release(run)
+        other.release(other_run)
+
+
 def test_dwa_random_perturbation_has_norm_rho(digits, teacher, tmp_path) -> None:
     method = dwa(perturb="random", rho=0.05)
     ctx, run, x, y = directed_run(method, digits, teacher, tmp_path)
@@ -405,10 +422,22 @@ def test_iteration0_input_gradient_is_the_synthesis_loss_alone(faithful, digits,
 
 
 @pytest.mark.parametrize(("source", "per_iteration"), [("perturbed", 1), ("original", 2)])
-def test_forwards_per_iteration(source, per_iteration, digits, teacher, tmp_path) -> None:
+def test_forwards_per_iteration(source, per_iteration, digits, teacher, tmp_path, monkeypatch) -> None:
     calls = []
-    handle = teacher.model.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
-    try:  # the hook is copied into DWA's working copy too, so both networks are counted
+
+    def count(model: nn.Module) -> torch.utils.hooks.RemovableHandle:
+        return model.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
+
+    plain_copy = dwa_module.hookless_copy
+
+    def counted_copy(model: nn.Module) -> nn.Module:  # DWA's working copy starts hook-free: count it as well
+        clone = plain_copy(model)
+        count(clone)
+        return clone
+
+    monkeypatch.setattr(dwa_module, "hookless_copy", counted_copy)
+    handle = count(teacher.model)
+    try:
         method = dwa(iterations=3, ascent_steps=2, bn_stats_from=source)
         method.distill(make_ctx(digits, teacher, method.config, tmp_path, ipc=1))
     finally:

@@ -9,6 +9,7 @@ variance of the *input* of every ``BatchNorm2d`` of a frozen teacher match the t
   in turn (EDC cycles through observers), disabled for passes that must not record (DWA's ascent steps, EDC's EMA
   pass), and can group the batch by an index tensor: per-class statistics (EDC Form 2), per-shard statistics
   (several independent SRe2L class-batches in one forward), or per-sample moments (``groups = arange(N)``).
+* :func:`hookless_copy`: a deep copy of a model that carries none of the original's hooks (DWA's working copy).
 * :func:`channel_moments`: the statistic itself, usable without hooks (EDC's real-data target pass).
 * :func:`bn_matching_loss`: Σ_l m_l (λ_mean ‖μ_l − RM_l‖₂ + λ_var ‖σ²_l − RV_l‖₂), with plain (non-squared) L2 norms
   summed over layers, separate absolute weights for the two terms, and the first-layer multiplier (SRe2L's
@@ -20,6 +21,7 @@ The hooks only read the input; they never change the forward computation. The te
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,23 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 LayerKind = Literal["bn", "conv"]
+
+
+def hookless_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without any forward (pre-)hooks.
+
+    ``copy.deepcopy`` copies a module's hook dicts, and a closure hook copied that way still writes into the
+    object that registered it on the original: a working copy of a teacher some other recorder is attached to
+    would feed that recorder (and pay for its statistics) on every forward. Perturbed copies (DWA) start clean.
+    """
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            hooks.clear()
+        module._forward_hooks_with_kwargs.clear()
+        module._forward_hooks_always_called.clear()
+        module._forward_pre_hooks_with_kwargs.clear()
+    return clone
 
 
 def channel_moments(
