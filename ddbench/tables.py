@@ -9,8 +9,9 @@ Conventions, chosen to match how the papers print and so that a table never hide
 
 * ``52.8±0.2``: one decimal; the std is the population std (``ddof=0``, as ``np.std`` in the DC/DM/MTT/SRe2L
   evaluation scripts) over evaluation seeds. A single-seed cell prints the mean alone and the caption says so.
-* The best value of each column is bold; a missing cell is ``—``; a failed cell is ``err`` with a footnote giving
-  the (shortened) error, and a cell where only some seeds failed keeps its value and gets the footnote too.
+* The best value of each column is bold (unless every value in it ties); a missing cell is ``—``; a failed cell
+  is ``err`` with a footnote giving the (shortened) error, and a cell where only some seeds failed keeps its value
+  and gets the footnote too.
 * The caption names the dataset, the protocol and its version, the teacher(s) and the number of seeds.
 * Published numbers (``leaderboards/papers/*.csv``) go in their own ``(paper)`` sub-columns, printed exactly as
   the paper prints them, with a note listing their sources; they are never merged into a reproduced cell.
@@ -346,7 +347,7 @@ def layout(
     }
     for col in columns:  # bold the best of each column, compared as printed (ties are all bold)
         shown = {r: round(cells[(r, col)].mean, decimals[col]) for r in rows if cells[(r, col)].mean is not None}
-        if len(shown) >= 2:
+        if len(set(shown.values())) >= 2:  # a column where every row ties (or only one has a value) ranks nothing
             best = max(shown.values())
             for r, v in shown.items():
                 cells[(r, col)].bold = v == best

@@ -164,6 +164,23 @@ def test_metric_table_for_diversity() -> None:
     assert "feat_dist_std" not in build_table(df, metric="feat_dist_mean")
 
 
+def test_a_column_where_every_row_ties_has_no_bold() -> None:
+    """feat_dist_classes is the same for every method of a dataset: bolding all of it would rank nothing."""
+    df = pd.DataFrame(
+        {
+            "method": ["random", "dwa", "random", "dwa"],
+            "ipc": 10,
+            "distill_seed": 0,
+            "name": ["feat_dist_classes", "feat_dist_classes", "feat_dist_mean", "feat_dist_mean"],
+            "value": [10.0, 10.0, 0.25, 0.5],
+            "dataset": "cifar100",
+        }
+    )
+    text = build_table(df, metric="diversity")
+    assert "| random | 10.0 | 0.250 |" in text
+    assert "| dwa | 10.0 | **0.500** |" in text
+
+
 def test_load_paper_numbers(paper_root: Path) -> None:
     df = load_paper_numbers("cifar100", root=paper_root)
     assert len(df) == 6 and set(df["dataset"]) == {"cifar100"}
