@@ -13,8 +13,8 @@ every student keeps its own global-RNG state, so training archs together or one 
 weights on CPU.
 
 The protocol schema (:mod:`ddbench.protocol`) and the training loop (:mod:`ddbench.train`) live one layer down,
-so that teachers are trained by the same loop without importing this module, which sits above them. Their
-public names are re-exported here, so ``from ddbench.evaluate import load_protocol, train_students`` still works.
+so that teachers are trained by the same loop without importing this module, which sits above them; import their
+names from there.
 """
 
 from __future__ import annotations
@@ -34,28 +34,12 @@ from torch import nn
 from ddbench.config import ConfigError, derive_seed
 from ddbench.distilled import DistilledSet
 from ddbench.protocol import (
-    AUG_OPS,
-    HINT_FIELDS,
-    LATER_FIELDS,
-    SHRINK_KEYS,
-    TEACHER_RECIPE_DIR,
     Protocol,
     apply_hints,
-    load_protocol,
-    protocol_path,
 )
 from ddbench.train import (
-    Batch,
-    PixelSpace,
     ProgressFn,
-    TrainingDiverged,
-    TrainStats,
-    augment_batch,
-    build_optimizer,
     evaluate_models,
-    kl_loss,
-    mixed_ce,
-    student_loss,
     train_students,
 )
 
@@ -264,31 +248,4 @@ def evaluate(
     return [results[i] for i in range(len(archs))]
 
 
-__all__ = [
-    "AUG_OPS",
-    "HINT_FIELDS",
-    "LATER_FIELDS",
-    "SHRINK_KEYS",
-    "TEACHER_RECIPE_DIR",
-    "Batch",
-    "EvalResult",
-    "PixelSpace",
-    "ProgressFn",
-    "Protocol",
-    "TrainStats",
-    "TrainingDiverged",
-    "apply_hints",
-    "augment_batch",
-    "augment_seed",
-    "build_optimizer",
-    "evaluate",
-    "evaluate_models",
-    "kl_loss",
-    "load_protocol",
-    "mixed_ce",
-    "protocol_path",
-    "resolve_for_artifact",
-    "student_loss",
-    "student_seed",
-    "train_students",
-]
+__all__ = ["EvalResult", "augment_seed", "evaluate", "resolve_for_artifact", "student_seed"]

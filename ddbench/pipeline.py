@@ -281,8 +281,9 @@ def evaluate_run(
     progress: ProgressFn = _no_progress,
 ) -> list[dict[str, Any]]:
     """Evaluate every (arch, seed) row not yet in ``store``; return all rows of this run and protocol."""
-    from ddbench.evaluate import evaluate, load_protocol
+    from ddbench.evaluate import evaluate
     from ddbench.models import ARCHS
+    from ddbench.protocol import load_protocol
 
     name = request.protocol or state.dataset.spec.default_protocol
     protocol = load_protocol(name, profile=state.request.profile)

@@ -15,24 +15,11 @@ import ddbench.models
 from ddbench.config import ConfigError, config_hash, load_toml
 from ddbench.data.source import TensorSource
 from ddbench.distilled import DistilledSet, SoftLabelSpec
-from ddbench.evaluate import (
-    SHRINK_KEYS,
-    TEACHER_RECIPE_DIR,
-    Batch,
-    Protocol,
-    TrainingDiverged,
-    apply_hints,
-    augment_batch,
-    evaluate,
-    evaluate_models,
-    kl_loss,
-    load_protocol,
-    mixed_ce,
-    resolve_for_artifact,
-    train_students,
-)
+from ddbench.evaluate import evaluate, resolve_for_artifact
+from ddbench.protocol import SHRINK_KEYS, TEACHER_RECIPE_DIR, Protocol, apply_hints, load_protocol
 from ddbench.protocols import PROTOCOLS
 from ddbench.teachers import recipe_path
+from ddbench.train import Batch, TrainingDiverged, augment_batch, evaluate_models, kl_loss, mixed_ce, train_students
 
 MEAN, STD = (0.5,), (0.25,)
 

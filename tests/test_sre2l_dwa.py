@@ -493,7 +493,8 @@ def test_cifar10_dwa_vs_sre2l_cpu_preset(tmp_path) -> None:
     """
     import zipfile
 
-    from ddbench.evaluate import evaluate, load_protocol
+    from ddbench.evaluate import evaluate
+    from ddbench.protocol import load_protocol
     from ddbench.teachers import get_teacher
 
     src = shared_data() / "cifar10"

@@ -1,7 +1,7 @@
 """Student-training throughput: ResNet-18 (low-res stem) students at 32 px with online KD from a ResNet-18 teacher.
 
 Run with ``pytest tests/benchmarks/test_bench_student.py -m bench --benchmark-only -o addopts="" -p no:cacheprovider``.
-The benchmark times one epoch of :func:`ddbench.evaluate.train_students` under the ``dwa-cifar`` mechanism
+The benchmark times one epoch of :func:`ddbench.train.train_students` under the ``dwa-cifar`` mechanism
 (RandomCrop + flip, mixup, teacher KL at T = 30) on 64 random images, batch 32, for four students in lockstep, and
 times the same epoch for one student, interleaved. Reported in ``extra_info``:
 
@@ -23,8 +23,9 @@ import time
 import pytest
 import torch
 
-from ddbench.evaluate import load_protocol, train_students
 from ddbench.models import create_model
+from ddbench.protocol import load_protocol
+from ddbench.train import train_students
 
 pytestmark = pytest.mark.bench
 
