@@ -33,15 +33,8 @@ from torch import nn
 
 from ddbench.config import ConfigError, derive_seed
 from ddbench.distilled import DistilledSet
-from ddbench.protocol import (
-    Protocol,
-    apply_hints,
-)
-from ddbench.train import (
-    ProgressFn,
-    evaluate_models,
-    train_students,
-)
+from ddbench.protocol import Protocol, apply_hints
+from ddbench.train import ProgressFn, evaluate_models, train_students
 
 logger = logging.getLogger(__name__)
 

@@ -44,11 +44,14 @@ def hookless_copy(model: nn.Module) -> nn.Module:
     """
     clone = copy.deepcopy(model)
     for module in clone.modules():
-        for hooks in (module._forward_hooks, module._forward_pre_hooks):
-            hooks.clear()
-        module._forward_hooks_with_kwargs.clear()
-        module._forward_hooks_always_called.clear()
-        module._forward_pre_hooks_with_kwargs.clear()
+        for table in (
+            module._forward_hooks,
+            module._forward_hooks_with_kwargs,
+            module._forward_hooks_always_called,
+            module._forward_pre_hooks,
+            module._forward_pre_hooks_with_kwargs,
+        ):
+            table.clear()
     return clone
 
 
