@@ -1,10 +1,11 @@
 """Scoring a distilled set: set + dataset + archs + protocol + seed → one :class:`EvalResult` per arch.
 
 :func:`evaluate` resolves the protocol for the set (``artifact`` label mode, temperature, hints), builds one
-seeded student per arch, trains them in lockstep with :func:`ddbench.train.train_students` (an online teacher's
-soft labels come from :func:`_make_teacher_fn`) and reports final-epoch top-1/top-5 on the test split (best-of-run
-is logged as auxiliary only, never used for selection), wall time and peak memory. A failing arch records its
-error and the others finish.
+seeded student per arch, trains them in lockstep with :class:`ddbench.train.Trainer` in the set's pixel space with
+the protocol's label mode (an online teacher, an ensemble of teachers, the set's stored labels or hard labels) and
+reports final-epoch top-1/top-5 on the test split, whose images go through the same pixel space (a ZCA set's test
+images are whitened by the set's own fitted transform). Best-of-run is logged as auxiliary only, never used for
+selection. A failing arch records its error and the others finish.
 
 Seeding (spec sre2l-dwa §4.2): the batch order, crops, flips and mixes come from one CPU generator seeded by
 (seed, protocol hash) (:func:`augment_seed`), so two methods evaluated with the same seed see identical
@@ -33,8 +34,9 @@ from torch import nn
 
 from ddbench.config import ConfigError, derive_seed
 from ddbench.distilled import DistilledSet
-from ddbench.protocol import Protocol, apply_hints
-from ddbench.train import ProgressFn, evaluate_models, train_students
+from ddbench.labels import LABEL_MODES, build_label_mode
+from ddbench.protocol import ARTIFACT_LABEL_MODE, Protocol, apply_hints
+from ddbench.train import Callback, ProgressFn, Trainer, evaluate_models
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class EvalResult:
         error: ``Type: message`` when this arch failed, else None.
         lockstep: how many archs trained together (the wall time and memory are theirs together).
         protocol_hash: hash of the protocol as resolved for this set (label mode, temperature, hints).
+        teacher_forwards_per_epoch: online-teacher forward passes one student epoch cost (0 for hard/stored labels).
     """
 
     arch: str
@@ -67,12 +70,13 @@ class EvalResult:
     error: str | None = None
     lockstep: int = 1
     protocol_hash: str = ""
+    teacher_forwards_per_epoch: int = 0
 
 
 def resolve_for_artifact(protocol: Protocol, distilled: DistilledSet) -> Protocol:
     """Turn ``label_mode = "artifact"``, an unset temperature and hints into concrete protocol values."""
     updates: dict[str, Any] = {}
-    if protocol.label_mode == "artifact":
+    if protocol.label_mode == ARTIFACT_LABEL_MODE:
         mode = distilled.soft_label.mode
         updates["label_mode"] = "hard" if mode == "none" else mode
         if mode == "none":
@@ -95,24 +99,18 @@ def augment_seed(seed: int, protocol: Protocol) -> int:
     return derive_seed(seed, "augment", protocol.hash)
 
 
-def _make_teacher_fn(
-    teacher: nn.Module | Sequence[nn.Module], protocol: Protocol, device: torch.device, channels_last: bool
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
-    if protocol.label_mode == "teacher" and len(teachers) > 1:
-        logger.info("label_mode 'teacher' with %d teachers: using their mean logits", len(teachers))
+def prepare_teachers(
+    teachers: Sequence[nn.Module], protocol: Protocol, device: torch.device, channels_last: bool
+) -> list[nn.Module]:
+    """Online teachers on the device in the protocol's BN mode (a copy under the train-mode quirk)."""
+    teachers = list(teachers)
     if protocol.teacher_bn_train_mode_quirk:
         teachers = [copy.deepcopy(t) for t in teachers]  # the quirk drifts BN running stats: never touch the cache
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for t in teachers:
         t.to(device=device, memory_format=fmt)
         t.train(protocol.teacher_bn_train_mode_quirk)
-
-    def soft_targets(x: torch.Tensor) -> torch.Tensor:
-        logits = [t(x).float() for t in teachers]
-        return logits[0] if len(logits) == 1 else torch.stack(logits).mean(0)
-
-    return soft_targets
+    return teachers
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -128,26 +126,27 @@ def evaluate(
     protocol: Protocol,
     seed: int,
     device: torch.device | str = "cpu",
-    teacher: nn.Module | Sequence[nn.Module] | None = None,
+    teachers: Sequence[nn.Module] = (),
     amp: bool = False,
     channels_last: bool = False,
     progress: ProgressFn | None = None,
     *,
-    test_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> list[EvalResult]:
     """Train one fresh student per arch on ``distilled`` (in lockstep) and score it on the test split.
 
     Args:
-        distilled: the set; its pixel space, soft-label spec and hints are honoured.
+        distilled: the set; its pixel space (and its state), soft-label spec and hints are honoured.
         dataset: the :class:`~ddbench.data.Dataset` it was distilled from (mean/std, classes, test split).
         archs: student architectures for :func:`ddbench.models.create_model`.
         protocol: the evaluation protocol (``artifact`` label mode and hints are resolved per set).
         seed: evaluation seed; with the protocol it fixes every random draw.
         device: where to train.
-        teacher: online teacher(s) for ``teacher``/``ensemble`` label modes (ignored otherwise).
-        amp, channels_last: speed options (bf16 autocast, channels-last), as in :func:`train_students`.
+        teachers: online teacher models for label modes that use them (one for ``teacher``, several for
+            ``ensemble``); ignored by the others.
+        amp, channels_last: speed options (bf16 autocast, channels-last), as in :class:`~ddbench.train.Trainer`.
         progress: ``progress(stage, done, total)``.
-        test_transform: maps [0, 1] test images to model input; required for ``zca`` sets (the method's ZCA).
+        callbacks: :class:`~ddbench.train.Callback` objects for the training loop.
 
     Returns:
         One result per arch, in order; a failing arch has ``error`` set and NaN accuracies.
@@ -157,15 +156,15 @@ def evaluate(
     device = torch.device(device)
     stream_seed = augment_seed(seed, protocol)  # before resolution: same stream for every method under it
     resolved = resolve_for_artifact(protocol, distilled)
-    if distilled.pixel_space == "zca" and test_transform is None:
-        raise ConfigError("a ZCA-space set needs the method's ZCA transform for the test images (test_transform=)")
-    needs_teacher = resolved.label_mode in ("teacher", "ensemble")
-    if needs_teacher and teacher is None:
+    space = distilled.space(dataset.spec.mean, dataset.spec.std)
+    mode_cls = LABEL_MODES.get(resolved.label_mode)
+    if mode_cls.uses_teachers and not teachers:
         raise ConfigError(
             f"protocol {resolved.name!r} uses label mode {resolved.label_mode!r} but no teacher was given"
         )
-    soft_fn = _make_teacher_fn(teacher, resolved, device, channels_last) if needs_teacher else None
-    stored = distilled.soft_labels if resolved.label_mode == "stored" else None
+    online = prepare_teachers(teachers, resolved, device, channels_last) if mode_cls.uses_teachers else []
+    stored = distilled.soft_labels if mode_cls.uses_stored else None
+    labels = build_label_mode(resolved.label_mode, online, stored)
     num_classes = len(dataset.classes)
     in_chans, img_size = int(distilled.images.shape[1]), int(distilled.images.shape[-1])
 
@@ -191,54 +190,63 @@ def evaluate(
         seeds.append(s)
 
     if models:
-        mean, std = dataset.spec.mean, dataset.spec.std
 
         def test_fn(group: Sequence[nn.Module]) -> list[tuple[float, float]]:
             return evaluate_models(
                 group,
                 dataset.test,
-                mean,
-                std,
+                space,
                 device,
                 resolved.test_batch_size,
-                transform=test_transform,
                 amp=amp,
                 channels_last=channels_last,
             )
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        stats = train_students(
+        trainer = Trainer(
+            resolved,
+            space=space,
+            labels=labels,
+            device=device,
+            amp=amp,
+            channels_last=channels_last,
+            callbacks=callbacks,
+            progress=progress,
+            test_fn=test_fn,
+            catch_errors=True,
+        )
+        stats = trainer.fit(
             models,
             distilled.images,
             distilled.labels,
-            protocol=resolved,
-            mean=mean,
-            std=std,
-            pixel_space=distilled.pixel_space,
             generator=torch.Generator().manual_seed(stream_seed),
-            device=device,
-            soft_targets=soft_fn,
-            stored_soft=stored,
-            amp=amp,
-            channels_last=channels_last,
-            progress=progress,
-            test_fn=test_fn,
             model_seeds=seeds,
-            catch_errors=True,
         )
         peak = _peak_mem_mb(device)
+        forwards = trainer.teacher_forwards_per_epoch(len(distilled))
         for pos, st in zip(positions, stats, strict=True):
             curve = list(st.test_curve)
             ok = st.error is None and curve and curve[-1][0] == resolved.epochs
             top1, top5 = (curve[-1][1], curve[-1][2]) if ok else (math.nan, math.nan)
             best = max((c[1] for c in curve), default=math.nan)
             results[pos] = EvalResult(
-                archs[pos], seed, top1, top5, best, st.wall_time_s, peak, curve, st.error, len(models), resolved.hash
+                archs[pos],
+                seed,
+                top1,
+                top5,
+                best,
+                st.wall_time_s,
+                peak,
+                curve,
+                st.error,
+                len(models),
+                resolved.hash,
+                forwards,
             )
             if ok:
                 logger.info("%s seed %d: final top1 %.2f (best-of-run %.2f, auxiliary)", archs[pos], seed, top1, best)
     return [results[i] for i in range(len(archs))]
 
 
-__all__ = ["EvalResult", "augment_seed", "evaluate", "resolve_for_artifact", "student_seed"]
+__all__ = ["EvalResult", "augment_seed", "evaluate", "prepare_teachers", "resolve_for_artifact", "student_seed"]

@@ -39,8 +39,29 @@ SHRINK_KEYS = frozenset(
 #: Artifact hints a protocol with ``use_hints = true`` applies, and the field each one sets (MTT's learned lr).
 HINT_FIELDS = {"syn_lr": "lr"}
 
-#: Batch augmentations ``aug`` may list; :func:`ddbench.train.augment_batch` applies them in the listed order.
-AUG_OPS = ("crop_pad", "rrc", "flip", "dsa")
+#: Label mode that defers to the distilled set's own ``SoftLabelSpec`` (resolved per artifact by the evaluator).
+ARTIFACT_LABEL_MODE = "artifact"
+
+
+def _names_check(protocol: Protocol) -> list[tuple[bool, str]]:
+    """Registry checks of the named pieces (label mode, loss, augmentations); registries hold no training code."""
+    from ddbench.augmentations import BATCH_AUGS
+    from ddbench.labels import LABEL_MODES, LOSSES
+
+    checks = [
+        (all(a in BATCH_AUGS for a in protocol.aug), f"aug entries must be among {', '.join(BATCH_AUGS.names())}"),
+        (protocol.loss in LOSSES, f"loss {protocol.loss!r} is not one of {', '.join(LOSSES.names())}"),
+    ]
+    mode = protocol.label_mode
+    if mode == ARTIFACT_LABEL_MODE:
+        return checks
+    if mode not in LABEL_MODES:
+        known = ", ".join([*LABEL_MODES.names(), ARTIFACT_LABEL_MODE])
+        return [*checks, (False, f"label_mode {mode!r} is not one of {known}")]
+    soft = LABEL_MODES.get(mode).soft
+    checks.append((soft or protocol.loss == "ce", f"label_mode {mode!r} gives hard labels; use loss 'ce'"))
+    checks.append((not soft or protocol.loss != "ce", f"label_mode {mode!r} gives soft targets; use a soft loss"))
+    return checks
 
 
 @dataclass(frozen=True)
@@ -68,8 +89,9 @@ class Protocol:
             schedule then runs over the remaining ``epochs − warmup_epochs`` epochs.
         milestones, gamma: for ``step``; epoch e runs at lr·gamma^(number of milestones ≤ e).
         reset_optimizer_at_milestones: build a fresh optimizer (momentum reset) at each milestone, as MTT.
-        aug: ordered batch augmentations: ``crop_pad`` (RandomCrop with zero padding), ``rrc`` (RandomResizedCrop
-            to the input size), ``flip`` (horizontal, p = ½), ``dsa`` (MTT's DSA). Per-sample parameters.
+        aug: ordered batch augmentations from :data:`ddbench.augmentations.BATCH_AUGS`: ``crop_pad`` (RandomCrop
+            with zero padding), ``rrc`` (RandomResizedCrop to the input size), ``flip`` (horizontal, p = ½), ``dsa``
+            (MTT's DSA), and any a plugin registers. Per-sample parameters.
         rrc_scale: RandomResizedCrop area range.
         crop_padding: RandomCrop padding as a fraction of the image side, int(f·side + ½) pixels: 0.125 is
             CIFAR's 4 px at 32 px (8 at 64, 1 at 8), so one value serves every resolution.
@@ -78,10 +100,12 @@ class Protocol:
         mix_alpha: λ ~ Beta(α, α).
         mix_prob: probability that a batch is mixed (the coin is always drawn, so streams stay aligned).
         cutmix_pairing: ``perm`` (random permutation) or ``roll`` (torchvision reference: neighbour pairing).
-        label_mode: ``hard`` labels; ``teacher`` (one online teacher); ``ensemble`` (mean logits of several);
-            ``stored`` (the artifact's per-image soft labels); ``artifact`` (whatever the set's SoftLabelSpec says).
-        loss: ``ce`` (hard labels only), ``kl`` (KL(batchmean) of log_softmax(z_s/T) against softmax(z_t/T)),
-            ``mse_ce`` (EDC: MSE to the target logits + ``ce_weight``·CE on the unmixed hard label).
+        label_mode: a :data:`ddbench.labels.LABEL_MODES` name: ``hard`` labels; ``teacher`` (one online teacher);
+            ``ensemble`` (mean logits of several); ``stored`` (the artifact's per-image soft labels); or
+            ``artifact`` (whatever the set's SoftLabelSpec says).
+        loss: a :data:`ddbench.labels.LOSSES` name: ``ce`` (hard labels only), ``kl`` (KL(batchmean) of
+            log_softmax(z_s/T) against softmax(z_t/T)), ``mse_ce`` (EDC: MSE to the target logits + ``ce_weight``·CE
+            on the unmixed hard label), ``soft_ce``.
         temperature: KD temperature; None takes the artifact's preferred value, else 1.
         kl_t2: multiply the KL by T² (DWA/SRe2L Tiny).
         ce_weight: weight of the CE term of ``mse_ce``.
@@ -128,8 +152,8 @@ class Protocol:
     mix_alpha: float = 1.0
     mix_prob: float = 1.0
     cutmix_pairing: Literal["perm", "roll"] = "perm"
-    label_mode: Literal["hard", "teacher", "ensemble", "stored", "artifact"] = "hard"
-    loss: Literal["ce", "kl", "mse_ce"] = "ce"
+    label_mode: str = "hard"
+    loss: str = "ce"
     temperature: float | None = None
     kl_t2: bool = False
     ce_weight: float = 0.025
@@ -149,7 +173,6 @@ class Protocol:
             (self.lr > 0 and self.weight_decay >= 0 and self.momentum >= 0, "lr > 0, weight_decay >= 0, momentum >= 0"),
             (0 <= self.warmup_epochs < self.epochs, "warmup_epochs must be in [0, epochs)"),
             (0 < self.warmup_start_factor <= 1, "warmup_start_factor must be in (0, 1]"),
-            (all(a in AUG_OPS for a in self.aug), f"aug entries must be among {', '.join(AUG_OPS)}"),
             (0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1, "rrc_scale must satisfy 0 < lo <= hi <= 1"),
             (0 <= self.crop_padding < 1, "crop_padding is a fraction of the image side, in [0, 1)"),
             (self.mix_alpha > 0 and 0 <= self.mix_prob <= 1, "mix_alpha > 0 and mix_prob in [0, 1]"),
@@ -163,11 +186,7 @@ class Protocol:
                 self.schedule != "step" or all(0 < m <= self.epochs for m in self.milestones),
                 "milestones in (0, epochs]",
             ),
-            (self.label_mode != "hard" or self.loss == "ce", "label_mode 'hard' needs loss 'ce'"),
-            (
-                self.label_mode in ("hard", "artifact") or self.loss != "ce",
-                f"label_mode {self.label_mode!r} gives soft targets; use loss 'kl' or 'mse_ce'",
-            ),
+            *_names_check(self),
         ]
         for ok, message in checks:
             if not ok:
@@ -278,7 +297,7 @@ def apply_hints(protocol: Protocol, hints: Mapping[str, float] | None) -> Protoc
 
 
 __all__ = [
-    "AUG_OPS",
+    "ARTIFACT_LABEL_MODE",
     "HINT_FIELDS",
     "LATER_FIELDS",
     "SHRINK_KEYS",

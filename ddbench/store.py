@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 120.0
 
 # Column name → SQL type. The order is the column order of the table.
@@ -81,8 +81,11 @@ EVALUATION_COLUMNS: dict[str, str] = {
     "error": "TEXT",
     "created_at": "TEXT",
     "extra_json": "TEXT",
+    "protocol_hash": "TEXT",
+    "label_teachers": "TEXT NOT NULL DEFAULT ''",
 }
-EVALUATION_KEY = ("run_id", "arch", "protocol", "protocol_version", "eval_seed")
+#: One row per (run, student, protocol version, seed, online soft-label teachers): the teachers are part of the recipe.
+EVALUATION_KEY = ("run_id", "arch", "protocol", "protocol_version", "eval_seed", "label_teachers")
 METRIC_COLUMNS: dict[str, str] = {
     "run_id": "TEXT NOT NULL",
     "name": "TEXT NOT NULL",
@@ -155,83 +158,186 @@ def _sql_value(column: str, value: Any) -> Any:
     return value
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _looks_like_sqlite(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Schema 1 → 2: evaluations gain ``protocol_hash`` and ``label_teachers`` (the latter joins the unique key).
+
+    Both are read back from each row's ``extra_json``, where schema 1 already recorded them.
+    """
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(evaluations)")]
+    if "label_teachers" in cols:
+        return
+    conn.execute("ALTER TABLE evaluations RENAME TO evaluations_v1")
+    conn.execute("DROP INDEX IF EXISTS evaluations_run")
+    for sql in _create_sql():
+        conn.execute(sql)
+    old = ", ".join(c for c in cols)
+    conn.execute(
+        f"INSERT OR REPLACE INTO evaluations ({old}, protocol_hash, label_teachers) SELECT {old}, "
+        "json_extract(extra_json, '$.protocol_hash'), "
+        "COALESCE((SELECT group_concat(value, ',') FROM json_each(extra_json, '$.teachers')), '') FROM evaluations_v1"
+    )
+    conn.execute("DROP TABLE evaluations_v1")
+    logger.info("migrated the results store to schema 2 (evaluation rows keyed by their soft-label teachers)")
+
+
 class Store:
     """Handle on one results database; cheap to create, safe to use from several processes at once.
 
     Args:
         path: the SQLite file; ``None`` means ``$DDBENCH_HOME/results.sqlite``.
+        read_only: open without creating, migrating or locking anything (``ddbench table`` on a read-only
+            ``$DDBENCH_HOME``); writes then fail with a one-line error.
+
+    A file that is not a readable SQLite database is reported in one line naming it and never overwritten: every
+    number can be rebuilt from the artifacts, so the fix is to move it aside and rerun (or ``ddbench ingest``).
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, read_only: bool = False) -> None:
         self.path = Path(path).expanduser() if path is not None else home() / "results.sqlite"
+        self.read_only = read_only
         self._initialised = False
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
 
     # -- connections ----------------------------------------------------------------------------------------------
+    def _error(self, exc: sqlite3.Error) -> Exception:
+        from ddbench.errors import UserError
+
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and ("readonly" in text or "unable to open" in text):
+            return UserError(
+                f"{self.path} cannot be written ({text}); this command records results, so point DDBENCH_HOME "
+                "(or --store) at a writable folder"
+            )
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+            return exc
+        return UserError(
+            f"{self.path} is not a readable SQLite database ({text}); move it aside (it is never overwritten) and "
+            "rerun: the cached artifacts rebuild every row"
+        )
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            try:
+                conn.execute("PRAGMA schema_version").fetchone()
+            except sqlite3.OperationalError:  # a WAL file in a folder we cannot write: read it as immutable
+                conn.close()
+                conn = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None)
+            return conn
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL mode, and much faster
         return conn
 
     def _init(self) -> None:
-        """Create the file, switch it to WAL and create the tables, once per process per path.
+        """Create the file, switch it to WAL, create or migrate the tables, once per process per path.
 
         Switching the journal mode needs an exclusive lock that the busy handler does not always wait for, so
         initialisation runs under a file lock instead of racing other processes.
         """
         if self._initialised:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with lock(self.path):
-            conn = self._connect()
-            try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("BEGIN IMMEDIATE")
-                for sql in _create_sql():
-                    conn.execute(sql)
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                elif version > SCHEMA_VERSION:
-                    conn.execute("ROLLBACK")
-                    from ddbench.errors import UserError
+        from ddbench.errors import UserError
 
-                    raise UserError(
-                        f"{self.path} was written by a newer ddbench (schema {version} > {SCHEMA_VERSION}); upgrade"
-                    )
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
+        if self.read_only:
+            if not self.path.is_file():
+                raise UserError(f"no results store at {self.path}; run `ddbench run` first or pass --store")
+            with self._guard():
+                conn = self._connect()
+                try:
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                finally:
+                    conn.close()
+            if version != SCHEMA_VERSION:
+                raise UserError(
+                    f"{self.path} has schema {version}, this ddbench reads {SCHEMA_VERSION}; run a writing command "
+                    "(ddbench run/eval) once to migrate it, or use the matching ddbench version"
+                )
+            self._initialised = True
+            return
+        if self.path.is_file() and self.path.stat().st_size and not _looks_like_sqlite(self.path):
+            raise self._error(sqlite3.DatabaseError("file is not a database"))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock_cm = lock(self.path)
+            lock_cm.__enter__()
+        except OSError as exc:
+            raise UserError(
+                f"cannot write beside {self.path} ({exc.strerror}); point DDBENCH_HOME (or --store) at a writable "
+                "folder"
+            ) from exc
+        try:
+            with self._guard():
+                conn = self._connect()
+                try:
+                    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute("BEGIN IMMEDIATE")
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if version > SCHEMA_VERSION:
+                        conn.execute("ROLLBACK")
+                        raise UserError(
+                            f"{self.path} was written by a newer ddbench (schema {version} > {SCHEMA_VERSION}); upgrade"
+                        )
+                    if version == 1:
+                        _migrate_v1(conn)
+                    for sql in _create_sql():
+                        conn.execute(sql)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    conn.execute("COMMIT")
+                finally:
+                    conn.close()
+        finally:
+            lock_cm.__exit__(None, None, None)
         self._initialised = True
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction that takes the write lock up front."""
+        if self.read_only:
+            from ddbench.errors import UserError
+
+            raise UserError(f"{self.path} is opened read-only; this command needs to write results")
         self._init()
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._guard():
+            conn = self._connect()
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         self._init()
-        conn = self._connect()
-        try:
-            yield conn
-        finally:
-            conn.close()
+        with self._guard():
+            conn = self._connect()
+            try:
+                yield conn
+            finally:
+                conn.close()
 
     # -- writing --------------------------------------------------------------------------------------------------
     def _upsert(self, table: str, columns: Mapping[str, str], key: tuple[str, ...], fields: Mapping[str, Any]) -> None:
@@ -265,19 +371,41 @@ class Store:
         """Insert or replace one evaluation row, keyed by (run_id, arch, protocol, protocol_version, eval_seed).
 
         A failed evaluation is recorded too (``error`` set, ``top1`` None), so tables can show ``err`` rather
-        than silently dropping the cell. ``extra_json`` may be given as a dict.
+        than silently dropping the cell. ``extra_json`` may be given as a dict. ``label_teachers`` (comma-joined
+        online teacher ids, '' for none) is part of the key: another soft-label teacher is another recipe.
         """
+        fields.setdefault("label_teachers", "")
         self._upsert("evaluations", EVALUATION_COLUMNS, EVALUATION_KEY, fields)
 
-    def has_evaluation(self, run_id: str, arch: str, protocol: str, protocol_version: int, eval_seed: int) -> bool:
-        """Whether a successful row exists; a failed one does not count, so re-running retries failures."""
+    def has_evaluation(
+        self,
+        run_id: str,
+        arch: str,
+        protocol: str,
+        protocol_version: int,
+        eval_seed: int,
+        label_teachers: str = "",
+        protocol_hash: str | None = None,
+    ) -> bool:
+        """Whether a successful row exists (with ``protocol_hash``, only one made under that exact protocol).
+
+        A failed row does not count, so re-running retries failures; a row made under an edited protocol file of
+        the same version does not count either (its numbers belong to another recipe).
+        """
+        found = self.evaluation_hash(run_id, arch, protocol, protocol_version, eval_seed, label_teachers)
+        return found is not None and (protocol_hash is None or found == protocol_hash)
+
+    def evaluation_hash(
+        self, run_id: str, arch: str, protocol: str, protocol_version: int, eval_seed: int, label_teachers: str = ""
+    ) -> str | None:
+        """The protocol hash of the successful row for this unit ('' when unrecorded), or None without one."""
         with self._read() as conn:
             row = conn.execute(
-                "SELECT 1 FROM evaluations WHERE run_id = ? AND arch = ? AND protocol = ? AND protocol_version = ? "
-                "AND eval_seed = ? AND error IS NULL",
-                (run_id, arch, protocol, int(protocol_version), int(eval_seed)),
+                "SELECT COALESCE(protocol_hash, '') FROM evaluations WHERE run_id = ? AND arch = ? AND protocol = ? "
+                "AND protocol_version = ? AND eval_seed = ? AND label_teachers = ? AND error IS NULL",
+                (run_id, arch, protocol, int(protocol_version), int(eval_seed), label_teachers),
             ).fetchone()
-        return row is not None
+        return None if row is None else row[0]
 
     def add_metric(self, run_id: str, name: str, value: float | None, extra_json: Any = None) -> None:
         """Insert or replace a per-run metric (e.g. ``feat_dist_mean`` of the DWA diversity measure).

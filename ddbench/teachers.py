@@ -1,16 +1,21 @@
 """Teachers (the "squeeze" stage): train or import a model per dataset, cache it, verify it.
 
 Teachers are first-class artifacts because most reproduction gaps in dataset distillation trace back to them
-(RDED#3/#5, CaO2#2): each cached teacher records its recipe, seed, class order and accuracy, and its weights are
-checked against a sha256 before every use. A teacher is trained by the same loop that trains evaluation
-students (:func:`ddbench.train.train_students`) with a teacher recipe, a ``Protocol`` TOML under
-``ddbench/protocols/teacher/``, on the full real train split with hard labels. The test accuracy is always
+(RDED#3/#5, CaO2#2): each cached teacher records its recipe, seed, class order, data identity and accuracy, and its
+weights are checked against a sha256 before every use. Teachers live in the cross-run artifact cache
+(:mod:`ddbench.artifacts`), keyed by everything that determines them: the data (dataset, class order and the files'
+fingerprint, so another copy of a dataset gets another teacher), the architecture and its model kwargs (EDC's weak
+observers, MTT's ConvNet depths), the recipe's hash and the seed. A teacher is trained by the same loop that trains
+evaluation students (:class:`ddbench.train.Trainer`) with a teacher recipe, a ``Protocol`` TOML under
+``ddbench/protocols/teacher/``, on the full real train split with hard labels; a recipe that diverges raises
+:class:`~ddbench.train.TrainingDiverged` and caches nothing. The test accuracy is always
 recorded; a validation accuracy only when the recipe sets ``holdout_per_class`` (the paper recipes train on the
 whole train split and keep the last epoch, so nothing is selected and no hold-out is needed).
 
-Layout: ``$DDBENCH_HOME/teachers/<dataset>/<arch>-<class hash>-<recipe hash>-s<seed>/`` holding ``model.pt``
-(a state dict) and ``teacher.json``; the folder name is the teacher id. Imported checkpoints live beside them as
-``<arch>-<class hash>-import<sha256[:16]>``.
+Layout: ``$DDBENCH_HOME/teachers/<dataset>/<arch>[x<width>]-<class hash>-<key hash>-s<seed>/`` holding
+``model.pt`` (a state dict) and the artifact ``manifest.json`` (its ``meta`` is the teacher's record); the folder
+name is the teacher id. Imported checkpoints live beside them as ``<arch>-<class hash>-import<sha256[:16]>-<key
+hash>``.
 
 The training loop (:mod:`ddbench.train`) and the recipe schema (:mod:`ddbench.protocol`) sit at this module's
 layer or below, so they are imported here directly; :mod:`ddbench.evaluate`, which scores distilled sets and sits
@@ -19,43 +24,31 @@ above the teachers, is never imported, which keeps the import arrows pointing on
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from ddbench.artifacts import MANIFEST, ArtifactCache, CorruptArtifactError
 from ddbench.config import ConfigError, config_hash
 from ddbench.data.spec import class_order_hash
 from ddbench.errors import UserError
-from ddbench.io import atomic_dir, home, lock, sha256_file
+from ddbench.io import home
+from ddbench.method import TeacherSpec
+from ddbench.pixels import UInt8Space, dataset_identity
 from ddbench.protocol import TEACHER_RECIPE_DIR, load_protocol
-from ddbench.train import evaluate_models, train_students
+from ddbench.train import Trainer, evaluate_models
 from ddbench.version import __version__
 
 if TYPE_CHECKING:
     from ddbench.data.dataset import Dataset
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """What a method asks for: an architecture trained with a named recipe and seed.
-
-    ``arch=""`` means the dataset's default teacher architecture. ``recipe`` names an entry of the dataset's
-    teacher recipes (``default`` = the paper recipe; the run's profile, e.g. ``cpu``, can shrink it).
-    """
-
-    arch: str = ""
-    recipe: str = "default"
-    seed: int = 0
 
 
 @dataclass
@@ -88,10 +81,10 @@ class Teacher:
 
 
 # -- implementation --------------------------------------------------------------------------------------------------
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MODEL_FILE = "model.pt"
-META_FILE = "teacher.json"
-REQUIRED_META = frozenset({"arch", "dataset", "classes", "class_hash", "sha256", "img_size", "in_chans"})
+META_FILE = MANIFEST
+REQUIRED_META = frozenset({"arch", "dataset", "classes", "class_hash", "img_size", "in_chans"})
 
 #: Teacher recipe per dataset (files under ``ddbench/protocols/teacher/``); any other dataset uses ``default``.
 DATASET_RECIPES = {"cifar10": "cifar", "cifar100": "cifar", "tiny-imagenet": "tiny"}
@@ -136,9 +129,18 @@ def recipe_path(dataset_id: str, recipe: str = "default") -> Path:
     return path
 
 
+def teacher_kind(dataset_id: str) -> str:
+    """The artifact-cache section of one dataset's teachers."""
+    return f"teachers/{dataset_id}"
+
+
 def teacher_dir(dataset_id: str) -> Path:
     """Where the teachers of one dataset are cached: ``$DDBENCH_HOME/teachers/<dataset>/``."""
-    return home() / "teachers" / dataset_id
+    return home() / teacher_kind(dataset_id)
+
+
+def _cache() -> ArtifactCache:
+    return ArtifactCache()
 
 
 def _seed(*keys: object) -> int:
@@ -162,6 +164,7 @@ def _build(arch: str, meta: dict[str, Any]) -> nn.Module:
         img_size=meta["img_size"],
         in_chans=meta["in_chans"],
         width_mult=float(meta.get("width_mult", 1.0)),
+        **dict(meta.get("model_kwargs") or {}),
     )
 
 
@@ -175,17 +178,20 @@ def _check_class_order(meta: dict[str, Any], dataset: Dataset, where: str) -> No
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
+    """The verified teacher record of ``folder`` (every file matches the manifest's sha256)."""
     try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CorruptTeacherError(f"{folder / META_FILE} unreadable ({exc})") from exc
-    if not isinstance(meta, dict) or not set(meta) >= REQUIRED_META:
-        raise CorruptTeacherError(f"{folder / META_FILE} lacks required fields")
-    return meta
+        art = _cache().verify(teacher_kind(folder.parent.name), folder)
+    except CorruptArtifactError as exc:
+        raise CorruptTeacherError(str(exc)) from exc
+    meta = art.meta
+    if not set(meta) >= REQUIRED_META:
+        raise CorruptTeacherError(f"{folder / META_FILE} lacks required teacher fields")
+    return {**meta, "sha256": art.sha256(MODEL_FILE)}
 
 
 def _teacher_from(folder: Path, meta: dict[str, Any], model: nn.Module) -> Teacher:
     spec = TeacherSpec(**meta.get("spec", {"arch": meta["arch"]}))
+    model.ddbench_teacher_id = folder.name
     return Teacher(
         spec=spec,
         arch=meta["arch"],
@@ -218,8 +224,6 @@ def load_teacher(teacher: str | Path, dataset: Dataset, *, device: torch.device 
     meta = _read_meta(folder)
     _check_class_order(meta, dataset, folder.name)
     weights = folder / MODEL_FILE
-    if not weights.is_file() or sha256_file(weights) != meta["sha256"]:
-        raise CorruptTeacherError(f"{weights} is missing or does not match its recorded sha256")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model = _build(meta["arch"], meta)
@@ -240,14 +244,13 @@ def _cached(folder: Path, dataset: Dataset, device: torch.device | str) -> Teach
         return None
 
 
-def _save(folder: Path, model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write ``model.pt`` + ``teacher.json`` atomically; return the metadata with the weights' sha256."""
-    with atomic_dir(folder) as tmp:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save(state, tmp / MODEL_FILE)
-        meta = {**meta, "sha256": sha256_file(tmp / MODEL_FILE), "created_at": datetime.now(UTC).isoformat()}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    return meta
+def _write_weights(tmp: Path, model: nn.Module) -> None:
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / MODEL_FILE)
+
+
+def _from_artifact(art: Any, model: nn.Module, device: torch.device | str) -> Teacher:
+    meta = {**art.meta, "sha256": art.sha256(MODEL_FILE)}
+    return _teacher_from(art.path, meta, _freeze(model, device))
 
 
 def _base_meta(dataset: Dataset, arch: str) -> dict[str, Any]:
@@ -267,78 +270,94 @@ def _base_meta(dataset: Dataset, arch: str) -> dict[str, Any]:
 def _accuracy(model: nn.Module, dataset: Dataset, device: torch.device | str, splits: dict[str, Any]) -> dict:
     """Top-1/top-5 (%) of a model on the given splits, through the evaluator every student uses."""
     out: dict[str, float] = {}
+    space = UInt8Space(dataset.spec.mean, dataset.spec.std)
     for name, source in splits.items():
-        ((top1, top5),) = evaluate_models(
-            [model], source, dataset.spec.mean, dataset.spec.std, device, batch_size=EVAL_BATCH_SIZE
-        )
+        ((top1, top5),) = evaluate_models([model], source, space, device, batch_size=EVAL_BATCH_SIZE)
         out[f"{name}_top1"], out[f"{name}_top5"] = float(top1), float(top5)
     return out
 
 
-def _train(
+def fit_teacher(
+    model: nn.Module,
+    images: torch.Tensor | Any,
+    labels: torch.Tensor,
+    protocol: Any,
+    dataset: Dataset,
+    generator: torch.Generator,
+    device: torch.device | str,
+    progress: ProgressFn | None,
+    stage: str = "teacher",
+) -> None:
+    """Train ``model`` in place on real images with hard labels: the student loop under a teacher recipe."""
+    space = UInt8Space(dataset.spec.mean, dataset.spec.std)
+    Trainer(protocol, space=space, device=device, progress=progress, stage=stage).fit(
+        [model], images, labels, generator=generator
+    )
+
+
+def _trainer_build(
     dataset: Dataset,
     arch: str,
     protocol: Any,
     recipe: dict[str, Any],
     spec: TeacherSpec,
-    folder: Path,
+    name: str,
     device: torch.device | str,
     progress: ProgressFn | None,
-) -> Teacher:
-    """Train a teacher with the student loop on the real train split (hard labels), measure it, save it."""
-    from ddbench.models import create_model
+) -> Callable[[Path], dict[str, Any]]:
+    """The artifact build of a trained teacher: train on the real train split (hard labels), measure, save."""
 
-    holdout = int(getattr(protocol, "holdout_per_class", 0) or 0)
-    width_mult = float(getattr(protocol, "width_mult", 1.0))
-    data = dataset.with_holdout(holdout, seed=spec.seed) if holdout else dataset
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(spec.seed, "teacher-init", dataset.id, dataset.class_hash, arch))
-        model = create_model(arch, dataset.num_classes, dataset.img_size, dataset.channels, width_mult=width_mult)
-    model.to(device)
-    generator = torch.Generator().manual_seed(_seed(spec.seed, "teacher-train", dataset.id, dataset.class_hash, arch))
-    images = data.train.all() if dataset.spec.in_memory else data.train
-    logger.info(
-        "training teacher %s (%s, %s epochs) on %d images",
-        folder.name,
-        recipe["name"],
-        getattr(protocol, "epochs", "?"),
-        len(data.train),
-    )
-    start = time.perf_counter()
-    train_students(
-        [model],
-        images,
-        data.train.labels,
-        protocol=protocol,
-        mean=dataset.spec.mean,
-        std=dataset.spec.std,
-        pixel_space="uint8",
-        generator=generator,
-        device=device,
-        progress=progress,
-    )
-    train_time = time.perf_counter() - start
-    model.eval()
-    splits: dict[str, Any] = {"test": dataset.test}
-    if holdout:
-        splits["val"] = data.val
-    if dataset.spec.in_memory:
-        splits["train"] = data.train  # a fit diagnostic; too costly for streamed datasets
-    accuracy = _accuracy(model, dataset, device, splits)
-    meta = _base_meta(dataset, arch) | {
-        "source": "trained",
-        "spec": asdict(spec),
-        "seed": spec.seed,
-        "recipe": recipe,
-        "holdout_per_class": holdout,
-        "width_mult": width_mult,
-        "accuracy": accuracy,
-        "device": str(device),
-        "wall_time_s": round(train_time, 3),
-    }
-    meta = _save(folder, model, meta)
-    logger.info("teacher %s: test top-1 %.2f%% (%.0f s)", folder.name, accuracy["test_top1"], train_time)
-    return _teacher_from(folder, meta, _freeze(model, device))
+    def build(tmp: Path) -> dict[str, Any]:
+        from ddbench.models import create_model
+
+        holdout = int(getattr(protocol, "holdout_per_class", 0) or 0)
+        width_mult = float(getattr(protocol, "width_mult", 1.0))
+        data = dataset.with_holdout(holdout, seed=spec.seed) if holdout else dataset
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(
+                _seed(spec.seed, "teacher-init", dataset.id, dataset.class_hash, arch, *spec.model_kwargs)
+            )
+            model = create_model(
+                arch, dataset.num_classes, dataset.img_size, dataset.channels, width_mult=width_mult, **spec.kwargs
+            )
+        model.to(device)
+        generator = torch.Generator().manual_seed(
+            _seed(spec.seed, "teacher-train", dataset.id, dataset.class_hash, arch, *spec.model_kwargs)
+        )
+        images = data.train.all() if dataset.spec.in_memory else data.train
+        logger.info(
+            "training teacher %s (%s, %s epochs) on %d images",
+            name,
+            recipe["name"],
+            getattr(protocol, "epochs", "?"),
+            len(data.train),
+        )
+        start = time.perf_counter()
+        fit_teacher(model, images, data.train.labels, protocol, dataset, generator, device, progress, f"teacher {arch}")
+        train_time = time.perf_counter() - start
+        model.eval()
+        splits: dict[str, Any] = {"test": dataset.test}
+        if holdout:
+            splits["val"] = data.val
+        if dataset.spec.in_memory:
+            splits["train"] = data.train  # a fit diagnostic; too costly for streamed datasets
+        accuracy = _accuracy(model, dataset, device, splits)
+        _write_weights(tmp, model)
+        logger.info("teacher %s: test top-1 %.2f%% (%.0f s)", name, accuracy["test_top1"], train_time)
+        return _base_meta(dataset, arch) | {
+            "source": "trained",
+            "spec": asdict(spec),
+            "seed": spec.seed,
+            "recipe": recipe,
+            "holdout_per_class": holdout,
+            "width_mult": width_mult,
+            "model_kwargs": spec.kwargs,
+            "accuracy": accuracy,
+            "device": str(device),
+            "wall_time_s": round(train_time, 3),
+        }
+
+    return build
 
 
 def _recipe_info(protocol: Any, path: Path, name: str, profile: str) -> dict[str, Any]:
@@ -352,6 +371,31 @@ def _recipe_info(protocol: Any, path: Path, name: str, profile: str) -> dict[str
     }
 
 
+def teacher_key(dataset: Dataset, arch: str, spec: TeacherSpec, recipe_hash: str, width_mult: float) -> dict[str, Any]:
+    """Everything that determines a trained teacher (the artifact key)."""
+    return {
+        "source": "trained",
+        "format": FORMAT_VERSION,
+        "data": dataset_identity(dataset),
+        "arch": arch,
+        "model_kwargs": spec.kwargs,
+        "width_mult": width_mult,
+        "recipe_hash": recipe_hash,
+        "seed": spec.seed,
+    }
+
+
+def resolve_teacher(dataset: Dataset, spec: TeacherSpec, profile: str = "paper") -> tuple[str, Any, dict[str, Any]]:
+    """(canonical arch, recipe protocol, recipe info) of a spec, without training anything."""
+    from ddbench.models import ARCHS
+
+    arch = ARCHS.canonical(spec.arch or dataset.spec.default_teacher)
+    path = recipe_path(dataset.id, spec.recipe)
+    protocol = load_protocol(path, profile=profile)
+    name = DATASET_RECIPES.get(dataset.id, "default") if spec.recipe in ("", "default") else spec.recipe
+    return arch, protocol, _recipe_info(protocol, path, name, profile)
+
+
 def get_teacher(
     dataset: Dataset,
     spec: TeacherSpec,
@@ -363,16 +407,16 @@ def get_teacher(
 ) -> Teacher:
     """The teacher ``spec`` asks for, from the cache or trained now; the one entry point every caller uses.
 
-    The cache key is ``<arch>[x<width_mult>]-<class hash>-<recipe hash>-s<seed>``: another class subset
-    (``--num-classes``), recipe or profile gives another teacher. Two processes asking for the same teacher train
-    it once: the second waits on the folder's lock and then loads the first one's result. A cached teacher that
-    fails verification is logged as corrupt and retrained, never used. ImageNet-1K's default ResNet-18 is
-    torchvision's pretrained model (the SRe2L/DWA teacher), imported from the torch hub cache; it is never
-    downloaded here.
+    The teacher id is ``<arch>[x<width_mult>]-<class hash>-<key hash>-s<seed>``, the key covering the data
+    identity (another class subset or another copy of the files is another teacher), the architecture and its model
+    kwargs, the recipe (and profile) hash and the seed. Two processes asking for the same teacher train it once: the
+    second waits on the key's lock and then loads the first one's result. A cached teacher that fails verification is
+    logged as corrupt and retrained, never used. ImageNet-1K's default ResNet-18 is torchvision's pretrained model
+    (the SRe2L/DWA teacher), imported from the torch hub cache; it is never downloaded here.
 
     Args:
-        dataset: the loaded dataset (its class order is part of the key).
-        spec: architecture (``""`` = the dataset's default teacher), recipe and seed.
+        dataset: the loaded dataset (its class order and data identity are part of the key).
+        spec: architecture (``""`` = the dataset's default teacher), model kwargs, recipe and seed.
         profile: recipe profile (``paper`` or a scaled-down one such as ``cpu``).
         device: where to train and where the returned model lives.
         progress: ``progress(stage, done, total)`` forwarded to the training loop.
@@ -380,26 +424,34 @@ def get_teacher(
 
     Returns:
         A :class:`Teacher` whose model is in eval mode with gradients disabled.
+
+    Raises:
+        TrainingDiverged: the recipe's loss became non-finite (nothing is cached).
     """
     from ddbench.models import ARCHS
 
     arch = ARCHS.canonical(spec.arch or dataset.spec.default_teacher)
-    if dataset.id == "imagenet-1k" and arch == "resnet18" and spec.recipe in ("", "default"):
+    if dataset.id == "imagenet-1k" and arch == "resnet18" and spec.recipe in ("", "default") and not spec.kwargs:
         return _torchvision_resnet18(dataset, device=device)
-    path = recipe_path(dataset.id, spec.recipe)
-    protocol = load_protocol(path, profile=profile)
-    name = DATASET_RECIPES.get(dataset.id, "default") if spec.recipe in ("", "default") else spec.recipe
+    arch, protocol, recipe = resolve_teacher(dataset, spec, profile)
     width_mult = float(getattr(protocol, "width_mult", 1.0))
     width = "" if width_mult == 1.0 else f"x{width_mult:g}"  # visible in ids and table captions
-    folder = teacher_dir(dataset.id) / f"{arch}{width}-{dataset.class_hash}-{protocol.hash}-s{spec.seed}"
+    key = teacher_key(dataset, arch, spec, protocol.hash, width_mult)
+    name = f"{arch}{width}-{dataset.class_hash}-{{hash}}-s{spec.seed}"
+    build = _trainer_build(dataset, arch, protocol, recipe, spec, name, device, progress)
+    cache = _cache()
+    kind = teacher_kind(dataset.id)
+    folder = cache.path(kind, key, name)
     if not refresh and (teacher := _cached(folder, dataset, device)) is not None:
         return teacher
-    with lock(folder):
-        if not refresh and (teacher := _cached(folder, dataset, device)) is not None:
-            return teacher  # another process trained it while we waited
-        return _train(
-            dataset, arch, protocol, _recipe_info(protocol, path, name, profile), spec, folder, device, progress
-        )
+    art = cache.get_or_build(kind, key, build, name=name, refresh=refresh)
+    return _from_artifact(art, _load_weights(art.path, art.meta), device)
+
+
+def _load_weights(folder: Path, meta: dict[str, Any]) -> nn.Module:
+    model = _build(meta["arch"], meta)
+    model.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
+    return model
 
 
 def _state_dict_of(obj: Any, where: Path) -> dict[str, torch.Tensor]:
@@ -420,6 +472,28 @@ def _state_dict_of(obj: Any, where: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _read_checkpoint(path: Path, arch: str, dataset: Dataset) -> nn.Module:
+    """The user's checkpoint loaded (weights only) into ``arch``; one-line UserErrors for what does not fit."""
+    import argparse
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(
+            f"{path}: not a weights-only torch checkpoint ({type(exc).__name__}); "
+            "re-save it with torch.save(model.state_dict(), PATH)"
+        ) from exc
+    state = _state_dict_of(raw, path)
+    model = _build(arch, _base_meta(dataset, arch))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).split("\n\t")[1:2] or [str(exc)[:200]]
+        raise UserError(f"{path}: the weights do not fit {arch} for {dataset.id}: {first[0].strip()}") from exc
+    return model.eval()
+
+
 def import_teacher(
     dataset: Dataset,
     arch: str,
@@ -433,8 +507,8 @@ def import_teacher(
 
     The checkpoint is read with ``weights_only=True`` (argparse namespaces, which the torchvision reference
     scripts store beside the weights, are allowed); anything else executable is refused. A DataParallel
-    ``module.`` prefix is stripped. The teacher id is ``<arch>-<class hash>-import<sha256[:16]>``, so importing the
-    same file twice reuses the first import.
+    ``module.`` prefix is stripped. The teacher id is ``<arch>-<class hash>-import<sha256[:16]>-<key hash>``, so
+    importing the same file twice reuses the first import.
 
     Args:
         dataset: the dataset the checkpoint was trained on, in its canonical class order.
@@ -442,13 +516,12 @@ def import_teacher(
         checkpoint_path: ``.pt``/``.pth`` file.
         class_names: the class order the checkpoint was trained with, if known; refused if it differs.
         device: where the returned model lives (and the accuracy is measured).
-        source: provenance label stored in ``teacher.json`` (``imported`` or ``torchvision``).
+        source: provenance label stored in the record (``imported`` or ``torchvision``).
 
     Raises:
         UserError: missing/unreadable file, weights that do not fit ``arch``, or a different class order.
     """
-    import argparse
-
+    from ddbench.io import sha256_file
     from ddbench.models import ARCHS
 
     arch = ARCHS.canonical(arch)
@@ -461,32 +534,20 @@ def import_teacher(
             f"({dataset.class_hash}); a teacher under another class order is silently wrong, so it is refused"
         )
     digest = sha256_file(path)
-    folder = teacher_dir(dataset.id) / f"{arch}-{dataset.class_hash}-import{digest[:16]}"
-    if (teacher := _cached(folder, dataset, device)) is not None:
+    key = {"source": "import", "format": FORMAT_VERSION, "checkpoint_sha256": digest, "arch": arch,
+           "data": dataset_identity(dataset)}  # fmt: skip
+    name = f"{arch}-{dataset.class_hash}-import{digest[:16]}"
+    cache, kind = _cache(), teacher_kind(dataset.id)
+    if (teacher := _cached(cache.path(kind, key, name), dataset, device)) is not None:
         return teacher
-    with lock(folder):
-        if (teacher := _cached(folder, dataset, device)) is not None:
-            return teacher
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserError(
-                f"{path}: not a weights-only torch checkpoint ({type(exc).__name__}); "
-                "re-save it with torch.save(model.state_dict(), PATH)"
-            ) from exc
-        state = _state_dict_of(raw, path)
-        meta = _base_meta(dataset, arch)
-        model = _build(arch, meta)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).split("\n\t")[1:2] or [str(exc)[:200]]
-            raise UserError(f"{path}: the weights do not fit {arch} for {dataset.id}: {first[0].strip()}") from exc
-        model.eval()
+    model = _read_checkpoint(path, arch, dataset)  # before the lock: a refusal writes nothing
+
+    def build(tmp: Path) -> dict[str, Any]:
         start = time.perf_counter()
         accuracy = _accuracy(model, dataset, device, {"test": dataset.test})
-        meta |= {
+        _write_weights(tmp, model)
+        logger.info("imported teacher %s from %s: test top-1 %.2f%%", name, path, accuracy["test_top1"])
+        return _base_meta(dataset, arch) | {
             "source": source,
             "spec": asdict(TeacherSpec(arch=arch, recipe=source)),
             "seed": None,
@@ -500,9 +561,9 @@ def import_teacher(
             "device": str(device),
             "wall_time_s": round(time.perf_counter() - start, 3),
         }
-        meta = _save(folder, model, meta)
-        logger.info("imported teacher %s from %s: test top-1 %.2f%%", folder.name, path, accuracy["test_top1"])
-        return _teacher_from(folder, meta, _freeze(model, device))
+
+    art = cache.get_or_build(kind, key, build, name=name)
+    return _from_artifact(art, _load_weights(art.path, art.meta), device)
 
 
 def torchvision_weights_path(arch: str = "resnet18") -> Path:

@@ -1,18 +1,26 @@
 """The one student-training loop every number goes through, and the test-accuracy pass.
 
-* :func:`train_students`: trains several models **in lockstep** on one on-device copy of the (small) training set.
-  Every step draws one batch, augments and mixes it once, asks the teacher for soft labels once, and feeds the same
-  tensors to every student. Teachers are trained by the same function with a hard-label recipe
-  (``ddbench/protocols/teacher/*.toml``), so teacher and student training cannot drift apart.
-* :func:`evaluate_models`: top-1/top-5 of several models on uint8 test images, each batch read once for all models.
+* :class:`Trainer`: trains several models **in lockstep** on one on-device copy of the (small) training set.
+  Every step draws one batch, augments and mixes it once, asks the label mode (an online teacher, an ensemble,
+  stored labels or none) for targets once, and feeds the same tensors to every student. Teachers and MTT's expert
+  trajectories are trained by the same object with a hard-label recipe (``ddbench/protocols/teacher/*.toml``), so
+  teacher, expert and student training cannot drift apart.
+* :class:`Callback`: hooks at train begin/end, after every step and after every epoch that see the trainer and its
+  students (models, optimizers, stats); MTT records one parameter snapshot per epoch through one.
+* :func:`evaluate_models`: top-1/top-5 of several models on uint8 test images, each batch read once for all models,
+  turned into model inputs by the set's pixel space (a ZCA set's test images are whitened the same way).
+
+The pieces a protocol names are objects looked up in registries: the pixel space (:mod:`ddbench.pixels`), the
+label mode and loss (:mod:`ddbench.labels`) and the batch augmentations (:mod:`ddbench.augmentations`); the loop
+switches on none of their names.
 
 Seeding (spec sre2l-dwa §4.2): the batch order, crops, flips and mixes all come from the caller's CPU generator,
 and every model keeps its own global-RNG state (dropout, drop-path), so training models together or one by one
 gives bit-identical weights on CPU.
 
-This module sits beside :mod:`ddbench.teachers` and below :mod:`ddbench.evaluate`: it knows protocols
-(:mod:`ddbench.protocol`), tensors and image sources, never distilled sets or methods, so that teachers are
-trained by the students' loop without importing the evaluator above them.
+This module sits beside :mod:`ddbench.teachers` and below :mod:`ddbench.evaluate`: it knows protocols, tensors and
+image sources, never distilled sets or methods, so that teachers are trained by the students' loop without
+importing the evaluator above them.
 """
 
 from __future__ import annotations
@@ -23,21 +31,23 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ddbench.augmentations import BATCH_AUGS
 from ddbench.config import derive_seed
 from ddbench.data.source import ImageSource
+from ddbench.labels import LOSSES, Batch, HardLabels, LabelMode
 from ddbench.ops import augment as aug_ops
+from ddbench.pixels import PixelSpace
 from ddbench.protocol import Protocol, apply_hints
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
-PixelSpace = Literal["uint8", "normalized", "zca"]
+TestFn = Callable[[Sequence[nn.Module]], Sequence[tuple[float, float]]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -45,72 +55,27 @@ class TrainingDiverged(RuntimeError):
 
 
 # ====================================================================================================================
-# Losses
-# ====================================================================================================================
-def kl_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float, t2: bool) -> torch.Tensor:
-    """KL(p_t ‖ softmax(z_s/T)) with batchmean reduction (sum over classes, mean over the batch), ×T² if ``t2``."""
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
-    loss = F.kl_div(log_q, target_probs.float(), reduction="batchmean")
-    return loss * temperature**2 if t2 else loss
-
-
-def mixed_ce(logits: torch.Tensor, y: torch.Tensor, perm: torch.Tensor | None, lam: float) -> torch.Tensor:
-    """λ·CE(z, y) + (1−λ)·CE(z, y[perm]): hard-label loss on a mixed batch (plain CE when unmixed)."""
-    loss = F.cross_entropy(logits.float(), y)
-    if perm is None or lam >= 1.0:
-        return loss
-    return lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[perm])
-
-
-# ====================================================================================================================
 # Batches
 # ====================================================================================================================
-@dataclass
-class Batch:
-    """One augmented, mixed, normalised batch, shared by the teacher and every student."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    index: torch.Tensor
-    perm: torch.Tensor | None = None
-    lam: float = 1.0
-
-
-def _stats(values: Sequence[float] | torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-
-
 def augment_batch(
-    images: torch.Tensor,
-    protocol: Protocol,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    pixel_space: PixelSpace,
-    generator: torch.Generator,
+    images: torch.Tensor, protocol: Protocol, space: PixelSpace, generator: torch.Generator
 ) -> tuple[torch.Tensor, aug_ops.Mixed | None]:
-    """Augment, normalise and mix one batch; the only place student and teacher inputs are made.
+    """Augment and mix one batch of stored images into model inputs; the only place student inputs are made.
 
-    uint8 images are scaled to [0, 1], augmented there (zero padding is black, as torchvision on PIL images) and
-    normalised with ``mean``/``std`` before DSA (which MTT runs in normalised space) or at the end. ``normalized``
-    and ``zca`` images are augmented as they are (geometric ops commute with a per-channel affine map; padding is
-    then the mean colour). Mixing comes last and commutes with normalisation.
+    The pixel space turns stored images into a working tensor (uint8: [0, 1], where zero padding is black, as
+    torchvision on PIL images; normalized/ZCA: as stored, where geometric ops commute with the affine map and padding
+    is the mean colour), the protocol's augmentations run in order (an op that needs model inputs, such as DSA,
+    first finishes the conversion), the space finishes the conversion to model inputs, and mixing comes last.
     """
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    normalized = pixel_space != "uint8"
-    side = x.shape[-1]
-    for op in protocol.aug:
-        if op == "dsa" and not normalized:
-            x, normalized = (x - mean) / std, True
-        if op == "crop_pad":
-            x = aug_ops.random_crop_pad(x, side, int(protocol.crop_padding * side + 0.5), generator=generator)
-        elif op == "rrc":
-            x = aug_ops.random_resized_crop(x, side, protocol.rrc_scale, generator=generator, same_on_batch=False)
-        elif op == "flip":
-            x = aug_ops.random_flip(x, generator=generator, same_on_batch=False)
-        elif op == "dsa":
-            x = aug_ops.dsa(x, protocol.dsa_strategy, generator=generator)
-    if not normalized:
-        x = (x - mean) / std
+    x = space.start(images)
+    in_model = space.model_space
+    for name in protocol.aug:
+        op = BATCH_AUGS.get(name)
+        if op.model_space and not in_model:
+            x, in_model = space.finish(x), True
+        x = op.fn(x, protocol, generator)
+    if not in_model:
+        x = space.finish(x)
     if protocol.mix == "none":
         return x, None
     coin = float(torch.rand(1, generator=generator))
@@ -122,7 +87,7 @@ def augment_batch(
 
 
 # ====================================================================================================================
-# Lockstep training
+# Students and callbacks
 # ====================================================================================================================
 @dataclass
 class TrainStats:
@@ -200,8 +165,15 @@ def build_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.Optimiz
     return torch.optim.Adam(groups, lr=protocol.lr, betas=protocol.betas)
 
 
-class _Student:
-    """One model's training state inside the lockstep loop."""
+class Student:
+    """One model's training state inside the lockstep loop (what callbacks see).
+
+    Attributes:
+        model: the model being trained, in place.
+        stats: its :class:`TrainStats`.
+        optimizer: its optimizer (rebuilt at milestones when the protocol resets it).
+        ema: parameter EMA (None unless the protocol sets ``ema``).
+    """
 
     def __init__(self, model: nn.Module, name: str, seed: int, protocol: Protocol, device: torch.device) -> None:
         self.model = model
@@ -238,6 +210,26 @@ class _Student:
                 torch._foreach_copy_(params, live)
 
 
+class Callback:
+    """Hooks into :meth:`Trainer.fit`; override the ones you need (each default does nothing).
+
+    ``epoch`` is the number of epochs completed (1-based) in :meth:`on_epoch_end`, the 0-based epoch index in
+    :meth:`on_step_end`. ``students`` are the active ones (a failed student leaves the list).
+    """
+
+    def on_train_begin(self, trainer: Trainer, students: Sequence[Student]) -> None:
+        """Before the first step (MTT records the initial parameters here)."""
+
+    def on_step_end(self, trainer: Trainer, epoch: int, step: int, students: Sequence[Student], batch: Batch) -> None:
+        """After every optimizer step of every active student."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, students: Sequence[Student]) -> None:
+        """After each epoch (and after the epoch's test pass, if any)."""
+
+    def on_train_end(self, trainer: Trainer, students: Sequence[Student]) -> None:
+        """After the last epoch, before EMA weights are copied in."""
+
+
 def _model_name(model: nn.Module, seen: dict[str, int]) -> str:
     base = getattr(model, "ddbench_arch", type(model).__name__)
     k = seen.get(base, 0)
@@ -250,241 +242,254 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
     return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
 
-def _targets(
-    batch: Batch,
-    protocol: Protocol,
-    teacher_logits: torch.Tensor | None,
-    stored: torch.Tensor | None,
-) -> torch.Tensor | None:
-    """Soft targets for the batch: probabilities at T for ``kl``, logits for ``mse_ce``; None for hard labels.
-
-    Online teachers saw the mixed batch, so their outputs are used as they are. Stored rows belong to the
-    unmixed images and are mixed with the batch's pairing and λ (probabilities for KL, logits for MSE).
-    """
-    temperature = protocol.temperature or 1.0
-    if teacher_logits is not None:
-        z = teacher_logits.float()
-        return F.softmax(z / temperature, dim=1) if protocol.loss == "kl" else z
-    if stored is None:
-        return None
-    rows = stored[batch.index].float()
-    target = F.softmax(rows / temperature, dim=1) if protocol.loss == "kl" else rows
-    return target if batch.perm is None else aug_ops.mix_targets(target, batch.perm, batch.lam)
-
-
-def student_loss(logits: torch.Tensor, batch: Batch, protocol: Protocol, target: torch.Tensor | None) -> torch.Tensor:
-    """The protocol's loss for one student on one batch."""
-    if target is None:
-        return mixed_ce(logits, batch.y, batch.perm, batch.lam)
-    if protocol.loss == "mse_ce":
-        # EDC: MSE to the target logits plus a small CE on the base image's (unmixed) hard label
-        return F.mse_loss(logits.float(), target) + protocol.ce_weight * F.cross_entropy(logits.float(), batch.y)
-    return kl_loss(logits, target, protocol.temperature or 1.0, protocol.kl_t2)
-
-
-def _label_source(protocol: Protocol, soft_targets: Any, stored_soft: Any) -> str:
-    mode = protocol.label_mode
-    if mode == "artifact":
-        mode = "teacher" if soft_targets is not None else "stored" if stored_soft is not None else "hard"
-    if mode in ("teacher", "ensemble") and soft_targets is None:
-        raise ValueError(f"protocol {protocol.name!r} (label_mode {mode!r}) needs soft_targets (a teacher)")
-    if mode == "stored" and stored_soft is None:
-        raise ValueError(f"protocol {protocol.name!r} (label_mode 'stored') needs stored_soft labels")
-    if mode == "hard" and (soft_targets is not None or stored_soft is not None):
-        raise ValueError(f"protocol {protocol.name!r} uses hard labels but soft targets were given")
-    return "stored" if mode == "stored" else "hard" if mode == "hard" else "teacher"
-
-
-def train_students(
-    models: Sequence[nn.Module],
-    images: torch.Tensor | ImageSource,
-    labels: torch.Tensor,
-    *,
-    protocol: Protocol,
-    mean: Sequence[float] | torch.Tensor,
-    std: Sequence[float] | torch.Tensor,
-    pixel_space: PixelSpace,
-    generator: torch.Generator,
-    device: torch.device | str,
-    soft_targets: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    stored_soft: torch.Tensor | None = None,
-    hints: Mapping[str, float] | None = None,
-    amp: bool = False,
-    channels_last: bool = False,
-    progress: ProgressFn | None = None,
-    test_fn: Callable[[Sequence[nn.Module]], Sequence[tuple[float, float]]] | None = None,
-    model_seeds: Sequence[int] | None = None,
-    catch_errors: bool = False,
-) -> list[TrainStats]:
-    """Train ``models`` in lockstep under ``protocol``: one batch, one augmentation, one teacher call per step.
+# ====================================================================================================================
+# Lockstep training
+# ====================================================================================================================
+class Trainer:
+    """Train models in lockstep under a protocol: one batch, one augmentation, one target per step.
 
     Args:
-        models: students (or a teacher being trained), already built; moved to ``device`` and trained in place.
-            Returned models hold their EMA weights when the protocol has ``ema``.
-        images: ``[N, C, H, W]`` in ``pixel_space`` (kept on ``device`` as one tensor), or an ImageSource that is
-            read batch by batch (large teacher training sets).
-        labels: ``[N]`` hard labels.
-        protocol: the training recipe; ``label_mode`` decides which of ``soft_targets``/``stored_soft`` is needed.
-        mean, std: per-channel normalisation of uint8 images (ignored for ``normalized``/``zca`` pixels).
-        pixel_space: ``uint8``, ``normalized`` or ``zca``.
-        generator: CPU generator for the batch order and every augmentation and mixing draw.
+        protocol: the training recipe (``hints`` applied when the protocol allows them).
+        space: the pixel space of the training images (turns stored images into model inputs).
+        labels: the label mode (default: hard labels). Its teachers are called under ``no_grad`` on the
+            augmented, mixed, model-space batch; the caller sets their train/eval mode.
         device: where training runs.
-        soft_targets: teacher (or ensemble) called once per batch on the augmented, mixed, normalised batch under
-            ``no_grad``; returns logits. The caller sets its train/eval mode.
-        stored_soft: ``[N, K]`` per-image logits (label mode ``stored``).
-        hints: artifact hints (applied when ``protocol.use_hints``).
-        amp: bf16 autocast of the forward passes (students and teacher); weights, losses and the optimiser stay
+        hints: artifact hints (MTT's learned ``syn_lr``), applied when ``protocol.use_hints``.
+        amp: bf16 autocast of the forward passes (students and teachers); weights, losses and the optimiser stay
             fp32. Meant for CUDA; it also runs on a CPU (fast only with AVX512-BF16/AMX), which is how it is tested.
         channels_last: channels-last memory format for models and batches (numerically equivalent; a speed-up
             for convolutions on tensor cores).
-        progress: ``progress("train", epochs_done, epochs)`` after each epoch.
+        callbacks: :class:`Callback` objects, called in order.
+        progress: ``progress(stage, epochs_done, epochs)`` after each epoch.
+        stage: the progress bar's label (``train``, ``teacher resnet18``, ``expert 3``...).
         test_fn: ``test_fn(models) -> [(top1, top5), ...]`` called every ``test_every`` epochs and after the last
             epoch, on EMA weights in eval mode; its points form ``TrainStats.test_curve``.
-        model_seeds: per-model seeds of the private RNG streams (default: derived from the generator's seed and
-            the model's position). Pass the same seed to get the same dropout stream alone or in a group.
         catch_errors: record a failing model's error in its stats and continue with the others, instead of
             raising.
-
-    Raises:
-        TrainingDiverged: a non-finite loss (unless ``catch_errors``).
     """
-    device = torch.device(device)
-    protocol = apply_hints(protocol, hints)
-    source = _label_source(protocol, soft_targets, stored_soft)
-    if (amp or channels_last) and device.type != "cuda":
-        logger.info("amp=%s channels_last=%s on %s: supported, but the speed-up is a CUDA one", amp, channels_last,
-                    device)  # fmt: skip
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    n = len(labels)
-    on_device = isinstance(images, torch.Tensor)
-    data = images.to(device) if isinstance(images, torch.Tensor) else images
-    labels = torch.as_tensor(labels, dtype=torch.long).to(device)
-    stored = stored_soft.to(device) if stored_soft is not None and source == "stored" else None
-    m, s = _stats(mean, device), _stats(std, device)
-    seed0 = generator.initial_seed()
-    seeds = (
-        list(model_seeds) if model_seeds is not None else [derive_seed(seed0, "model", i) for i in range(len(models))]
-    )
-    seen: dict[str, int] = {}
-    students = []
-    for model, seed in zip(models, seeds, strict=True):
-        model.to(device=device, memory_format=fmt).train()
-        students.append(_Student(model, _model_name(model, seen), seed, protocol, device))
-    active = list(students)
-    steps_per_epoch = math.ceil(n / protocol.batch_size)
-    logger.info(
-        "training %d model(s) [%s] under %s@%s: %d epochs x %d steps, labels=%s, device=%s",
-        len(students),
-        ", ".join(st.stats.name for st in students),
-        protocol.name,
-        protocol.profile,
-        protocol.epochs,
-        steps_per_epoch,
-        source,
-        device,
-    )
 
-    def fail(student: _Student, exc: BaseException) -> None:
-        if not catch_errors:
+    def __init__(
+        self,
+        protocol: Protocol,
+        *,
+        space: PixelSpace,
+        labels: LabelMode | None = None,
+        device: torch.device | str = "cpu",
+        hints: Mapping[str, float] | None = None,
+        amp: bool = False,
+        channels_last: bool = False,
+        callbacks: Sequence[Callback] = (),
+        progress: ProgressFn | None = None,
+        stage: str = "train",
+        test_fn: TestFn | None = None,
+        catch_errors: bool = False,
+    ) -> None:
+        self.protocol = apply_hints(protocol, hints)
+        self.space = space
+        self.labels = labels if labels is not None else HardLabels()
+        self.loss_fn = LOSSES.get(self.protocol.loss)
+        if self.labels.soft != (self.protocol.loss != "ce"):
+            raise ValueError(
+                f"protocol {self.protocol.name!r}: loss {self.protocol.loss!r} does not fit label mode "
+                f"{self.labels.name!r}"
+            )
+        self.device = torch.device(device)
+        self.amp, self.channels_last = amp, channels_last
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.callbacks = list(callbacks)
+        self.progress, self.stage, self.test_fn, self.catch_errors = progress, stage, test_fn, catch_errors
+        self.students: list[Student] = []
+        self.active: list[Student] = []
+        if (amp or channels_last) and self.device.type != "cuda":
+            logger.info("amp=%s channels_last=%s on %s: supported, but the speed-up is a CUDA one", amp, channels_last,
+                        self.device)  # fmt: skip
+
+    def steps_per_epoch(self, n: int) -> int:
+        return math.ceil(n / self.protocol.batch_size)
+
+    def teacher_forwards_per_epoch(self, n: int) -> int:
+        """Teacher forward passes one epoch over ``n`` images costs (shown in the storage table)."""
+        return self.steps_per_epoch(n) * self.labels.forwards_per_batch()
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        models: Sequence[nn.Module],
+        images: torch.Tensor | ImageSource,
+        labels: torch.Tensor,
+        *,
+        generator: torch.Generator,
+        model_seeds: Sequence[int] | None = None,
+    ) -> list[TrainStats]:
+        """Train ``models`` in place; returns one :class:`TrainStats` per model, in order.
+
+        Args:
+            models: built models; moved to the device and trained in place. Returned models hold their EMA
+                weights when the protocol has ``ema``.
+            images: ``[N, C, H, W]`` stored images (kept on the device as one tensor), or an ImageSource read batch
+                by batch (large teacher training sets).
+            labels: ``[N]`` hard labels.
+            generator: CPU generator for the batch order and every augmentation and mixing draw.
+            model_seeds: per-model seeds of the private RNG streams (default: derived from the generator's seed and
+                the model's position). Pass the same seed to get the same dropout stream alone or in a group.
+
+        Raises:
+            TrainingDiverged: a non-finite loss (unless ``catch_errors``).
+        """
+        protocol, device = self.protocol, self.device
+        n = len(labels)
+        on_device = isinstance(images, torch.Tensor)
+        data = images.to(device) if isinstance(images, torch.Tensor) else images
+        y_all = torch.as_tensor(labels, dtype=torch.long).to(device)
+        self.labels.to(device)
+        seed0 = generator.initial_seed()
+        seeds = (
+            list(model_seeds)
+            if model_seeds is not None
+            else [derive_seed(seed0, "model", i) for i in range(len(models))]
+        )
+        seen: dict[str, int] = {}
+        self.students = []
+        for model, seed in zip(models, seeds, strict=True):
+            model.to(device=device, memory_format=self.fmt).train()
+            self.students.append(Student(model, _model_name(model, seen), seed, protocol, device))
+        self.active = list(self.students)
+        steps = self.steps_per_epoch(n)
+        logger.info(
+            "training %d model(s) [%s] under %s@%s: %d epochs x %d steps, labels=%s, space=%s, device=%s",
+            len(self.students),
+            ", ".join(st.stats.name for st in self.students),
+            protocol.name,
+            protocol.profile,
+            protocol.epochs,
+            steps,
+            self.labels.name,
+            self.space.name,
+            device,
+        )
+        for cb in self.callbacks:
+            cb.on_train_begin(self, self.active)
+        start = time.perf_counter()
+        for epoch in range(protocol.epochs):
+            if not self.active:
+                break
+            self._begin_epoch(epoch)
+            order = torch.randperm(n, generator=generator)
+            for step in range(steps):
+                idx = order[step * protocol.batch_size : (step + 1) * protocol.batch_size]
+                idx_d = idx.to(device)
+                raw = data[idx_d] if on_device else data.load(idx).to(device)
+                batch = self._batch(raw, y_all[idx_d], idx_d, generator)
+                self._step(batch)
+                for cb in self.callbacks:
+                    cb.on_step_end(self, epoch, step, self.active, batch)
+            self._end_epoch(epoch)
+        wall = time.perf_counter() - start
+        for cb in self.callbacks:
+            cb.on_train_end(self, self.active)
+        for st in self.students:
+            st.stats.wall_time_s = wall
+            if st.ema is not None and st.stats.error is None:
+                with torch.no_grad():
+                    torch._foreach_copy_(list(st.model.parameters()), st.ema)
+        return [st.stats for st in self.students]
+
+    def _fail(self, student: Student, exc: BaseException) -> None:
+        if not self.catch_errors:
             raise exc
         student.stats.error = f"{type(exc).__name__}: {exc}"
         logger.warning("%s failed: %s", student.stats.name, student.stats.error)
-        active.remove(student)
-        if device.type == "cuda":
+        self.active.remove(student)
+        if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    start = time.perf_counter()
-    for epoch in range(protocol.epochs):
-        if not active:
-            break
+    def _begin_epoch(self, epoch: int) -> None:
+        protocol = self.protocol
         factor = protocol.lr_factor(epoch)
-        for st in active:
+        for st in self.active:
             if protocol.reset_optimizer_at_milestones and epoch in protocol.milestones:
                 st.optimizer = build_optimizer(st.model, protocol)
             st.set_lr(factor)
             st.step_losses = []
-        order = torch.randperm(n, generator=generator)
-        for step in range(steps_per_epoch):
-            idx = order[step * protocol.batch_size : (step + 1) * protocol.batch_size]
-            idx_d = idx.to(device)
-            raw = data[idx_d] if on_device else data.load(idx).to(device)
-            x, mixed = augment_batch(raw, protocol, m, s, pixel_space, generator)
-            batch = Batch(x.contiguous(memory_format=fmt), labels[idx_d], idx_d)
-            if mixed is not None:
-                batch.x, batch.perm, batch.lam = mixed.x.contiguous(memory_format=fmt), mixed.perm.to(device), mixed.lam
-            teacher_logits = None
-            if source == "teacher":
-                with torch.no_grad(), _autocast(device, amp):
-                    teacher_logits = soft_targets(batch.x).float()
-            target = _targets(batch, protocol, teacher_logits, stored)
-            for st in list(active):
-                try:
-                    with st.rng.active(), _autocast(device, amp):
-                        logits = st.model(batch.x)
-                    loss = student_loss(logits, batch, protocol, target)
-                    st.optimizer.zero_grad(set_to_none=True)
-                    with st.rng.active():
-                        loss.backward()
-                    st.optimizer.step()
-                    st.update_ema()
-                    st.step_losses.append(loss.detach())
-                    st.stats.steps += 1
-                except Exception as exc:  # OOM, shape errors, ...: this model fails alone (timm validate.py style)
-                    fail(st, exc)
-        for st in list(active):  # one host sync per epoch and model, not per step
+
+    def _batch(self, raw: torch.Tensor, y: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> Batch:
+        x, mixed = augment_batch(raw, self.protocol, self.space, generator)
+        batch = Batch(x.contiguous(memory_format=self.fmt), y, index)
+        if mixed is not None:
+            batch.x = mixed.x.contiguous(memory_format=self.fmt)
+            batch.perm, batch.lam = mixed.perm.to(self.device), mixed.lam
+        return batch
+
+    def _step(self, batch: Batch) -> None:
+        with torch.no_grad(), _autocast(self.device, self.amp):
+            target = self.labels.targets(batch)
+        for st in list(self.active):
+            try:
+                with st.rng.active(), _autocast(self.device, self.amp):
+                    logits = st.model(batch.x)
+                loss = self.loss_fn(logits, batch, target, self.protocol)
+                st.optimizer.zero_grad(set_to_none=True)
+                with st.rng.active():
+                    loss.backward()
+                st.optimizer.step()
+                st.update_ema()
+                st.step_losses.append(loss.detach())
+                st.stats.steps += 1
+            except Exception as exc:  # OOM, shape errors, ...: this model fails alone (timm validate.py style)
+                self._fail(st, exc)
+
+    def _end_epoch(self, epoch: int) -> None:
+        for st in list(self.active):  # one host sync per epoch and model, not per step
             losses = torch.stack(st.step_losses).float().tolist() if st.step_losses else []
             bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
             if bad is not None:
-                fail(st, TrainingDiverged(f"{st.stats.name}: loss {losses[bad]} at epoch {epoch + 1}, step {bad + 1}"))
+                msg = f"{st.stats.name}: loss {losses[bad]} at epoch {epoch + 1}, step {bad + 1}"
+                self._fail(st, TrainingDiverged(msg))
                 continue
             st.stats.loss_curve.append(sum(losses) / max(len(losses), 1))
             st.stats.epochs_done = epoch + 1
+        protocol = self.protocol
         last = epoch + 1 == protocol.epochs
         if (
-            test_fn is not None
-            and active
+            self.test_fn is not None
+            and self.active
             and (last or (protocol.test_every and (epoch + 1) % protocol.test_every == 0))
         ):
-            _run_tests(active, test_fn, epoch + 1, fail)
-        if progress is not None:
-            progress("train", epoch + 1, protocol.epochs)
-    wall = time.perf_counter() - start
-    for st in students:
-        st.stats.wall_time_s = wall
-        if st.ema is not None and st.stats.error is None:
-            with torch.no_grad():
-                torch._foreach_copy_(list(st.model.parameters()), st.ema)
-    return [st.stats for st in students]
+            self._run_tests(epoch + 1)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, epoch + 1, self.active)
+        if self.progress is not None:
+            self.progress(self.stage, epoch + 1, protocol.epochs)
 
+    def _run_tests(self, epoch: int) -> None:
+        """Test every active model (EMA weights, eval mode); on an error, retry one by one to isolate it."""
+        assert self.test_fn is not None
 
-def _run_tests(active: list[_Student], test_fn: Callable, epoch: int, fail: Callable) -> None:
-    """Test every active model (EMA weights, eval mode); on an error, retry one by one to isolate it."""
-
-    def run(group: list[_Student]) -> None:
-        with contextlib.ExitStack() as stack:
-            for st in group:
-                stack.enter_context(st.ema_weights())
-                st.model.eval()
-            try:
-                scores = test_fn([st.model for st in group])
-            finally:
+        def run(group: list[Student]) -> None:
+            with contextlib.ExitStack() as stack:
                 for st in group:
-                    st.model.train()
-        for st, (top1, top5) in zip(group, scores, strict=True):
-            st.stats.test_curve.append((epoch, float(top1), float(top5)))
-            logger.info("%s epoch %d: top1 %.2f top5 %.2f", st.stats.name, epoch, top1, top5)
+                    stack.enter_context(st.ema_weights())
+                    st.model.eval()
+                try:
+                    scores = self.test_fn([st.model for st in group])
+                finally:
+                    for st in group:
+                        st.model.train()
+            for st, (top1, top5) in zip(group, scores, strict=True):
+                st.stats.test_curve.append((epoch, float(top1), float(top5)))
+                logger.info("%s epoch %d: top1 %.2f top5 %.2f", st.stats.name, epoch, top1, top5)
 
-    try:
-        run(list(active))
-    except Exception as exc:
-        if len(active) == 1:
-            fail(active[0], exc)
-            return
-        for st in list(active):
-            try:
-                run([st])
-            except Exception as exc_one:
-                fail(st, exc_one)
+        try:
+            run(list(self.active))
+        except Exception as exc:
+            if len(self.active) == 1:
+                self._fail(self.active[0], exc)
+                return
+            for st in list(self.active):
+                try:
+                    run([st])
+                except Exception as exc_one:
+                    self._fail(st, exc_one)
 
 
 # ====================================================================================================================
@@ -494,12 +499,10 @@ def _run_tests(active: list[_Student], test_fn: Callable, epoch: int, fail: Call
 def evaluate_models(
     models: Sequence[nn.Module],
     test: ImageSource | tuple[torch.Tensor, torch.Tensor],
-    mean: Sequence[float] | torch.Tensor,
-    std: Sequence[float] | torch.Tensor,
+    space: PixelSpace,
     device: torch.device | str,
     batch_size: int = 500,
     *,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     amp: bool = False,
     channels_last: bool = False,
 ) -> list[tuple[float, float]]:
@@ -508,11 +511,11 @@ def evaluate_models(
     Args:
         models: evaluated in eval mode (their mode is restored afterwards).
         test: an ImageSource (a Dataset's test split) or ``(uint8 images, labels)``.
-        mean, std: normalisation applied after scaling to [0, 1].
+        space: the pixel space the models were trained in; its :meth:`~ddbench.pixels.PixelSpace.test_input` turns
+            the real [0, 1] test images into model inputs (normalisation, or the set's fitted ZCA).
         device: where the models are.
         batch_size: test batch size (does not change any number).
-        transform: replaces normalisation: maps [0, 1] float images to model input (e.g. a method's ZCA).
-        amp, channels_last: as in :func:`train_students`.
+        amp, channels_last: as in :class:`Trainer`.
     """
     device = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -526,7 +529,6 @@ def evaluate_models(
         def load(idx: torch.Tensor) -> torch.Tensor:
             return images_all[idx]
 
-    m, s = _stats(mean, device), _stats(std, device)
     modes = [model.training for model in models]
     for model in models:
         model.eval()
@@ -538,7 +540,7 @@ def evaluate_models(
             raw = load(idx).to(device)
             y = torch.as_tensor(labels_all[idx], device=device)
             x = raw.float() / 255.0 if raw.dtype == torch.uint8 else raw.float()
-            x = (transform(x) if transform is not None else (x - m) / s).contiguous(memory_format=fmt)
+            x = space.test_input(x).contiguous(memory_format=fmt)
             for i, model in enumerate(models):
                 with _autocast(device, amp):
                     logits = model(x)
@@ -555,16 +557,13 @@ def evaluate_models(
 
 
 __all__ = [
-    "Batch",
-    "PixelSpace",
+    "Callback",
     "ProgressFn",
+    "Student",
     "TrainStats",
+    "Trainer",
     "TrainingDiverged",
     "augment_batch",
     "build_optimizer",
     "evaluate_models",
-    "kl_loss",
-    "mixed_ce",
-    "student_loss",
-    "train_students",
 ]

@@ -44,7 +44,7 @@ uses the dataset itself rather than DWA's external, undocumented init tensors (Â
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -95,10 +95,19 @@ class DWA(SRe2L):
     """DWA; see the module docstring for the defaults and every switch."""
 
     name = "dwa"
-    version = 1
+    version = 2
     Config = DWAConfig
+    PAPER_PROTOCOLS: ClassVar[dict[str, str]] = {
+        "cifar10": "dwa-cifar",
+        "cifar100": "dwa-cifar",
+        "tiny-imagenet": "dwa-tiny",
+        "imagenet-1k": "dwa-imagenet",
+    }
     paper = "Du, Zhang, Hu, Huang, Zhou. Diversity-Driven Synthesis via Directed Weight Adjustment. NeurIPS 2024"
     config: DWAConfig
+
+    def min_real_per_class(self, ipc: int) -> int:
+        return ipc if self.config.init == "real" else 0
 
     # -- plan and state -------------------------------------------------------------------------------------------
     def units(self, num_classes: int, start: int, stop: int) -> list[tuple[str, int, list[tuple[int, list[int]]]]]:
@@ -143,15 +152,12 @@ class DWA(SRe2L):
         """Real init: for class c, entry ``ipc_index`` of a permutation of c's train images seeded by (seed, c)."""
         if self.config.init == "noise":
             return super().init_images(ctx, run, ipc_index, classes, generator)
-        perms: dict[int, torch.Tensor] = run.extra.setdefault("init_perm", {})
         chosen = []
         for c in classes:
-            if c not in perms:
-                pool = ctx.dataset.class_indices(c)
-                perms[c] = pool[torch.randperm(pool.numel(), generator=ctx.generator("dwa-init", c))]
-            if ipc_index >= perms[c].numel():
-                raise ValueError(f"class {c} has {perms[c].numel()} train images; ipc index {ipc_index} needs more")
-            chosen.append(int(perms[c][ipc_index]))
+            perm = ctx.real_permutation(c, "dwa-init")
+            if ipc_index >= perm.numel():
+                raise ValueError(f"class {c} has {perm.numel()} train images; ipc index {ipc_index} needs more")
+            chosen.append(int(perm[ipc_index]))
         index = torch.tensor(chosen, dtype=torch.long)
         images = ctx.dataset.train.load(index)
         size = ctx.dataset.img_size

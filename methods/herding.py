@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ddbench.distilled import DistilledSet
-from ddbench.method import DistillContext, Method
-from ddbench.teachers import TeacherSpec
+from ddbench.method import DistillContext, DistilledSet, Method, TeacherSpec, real_set
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ class Herding(Method):
     @torch.no_grad()
     def distill(self, ctx: DistillContext) -> DistilledSet:
         model = ctx.teachers[0].model.to(ctx.device).eval()
-        images, labels, chosen = [], [], {}
+        chosen = {}
         for c in range(ctx.dataset.num_classes):
             idx = ctx.dataset.class_indices(c)
             feats = []
@@ -62,9 +60,6 @@ class Herding(Method):
                 batch = ctx.dataset.train.load(idx[start : start + self.config.batch_size])
                 x = ctx.dataset.normalize(batch.to(ctx.device))
                 feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
-            pick = idx[herd(torch.cat(feats), ctx.ipc).to(idx.device)]
-            images.append(ctx.dataset.train.load(pick))
-            labels.append(torch.full((pick.numel(),), c, dtype=torch.long))
-            chosen[str(c)] = pick.tolist()
+            chosen[c] = idx[herd(torch.cat(feats), ctx.ipc).to(idx.device)]
             ctx.progress("herding", c + 1, ctx.dataset.num_classes)
-        return DistilledSet(torch.cat(images), torch.cat(labels), "uint8", meta={"train_indices": chosen})
+        return real_set(ctx.dataset, chosen)

@@ -50,18 +50,18 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddbench.distilled import DistilledSet, SoftLabelSpec
-from ddbench.method import DistillContext, Method
+from ddbench.method import DistillContext, DistilledSet, Method, SoftLabelSpec, TeacherSpec, class_major
+from ddbench.models import has_batchnorm
 from ddbench.ops.augment import random_flip, random_resized_crop, random_roll
 from ddbench.ops.bn_stats import StatsRecorder, bn_matching_loss
 from ddbench.ops.recover import clip_to_valid_, cosine_lr, set_lr, to_artifact
-from ddbench.teachers import TeacherSpec
+from ddbench.ops.relabel import stored_soft_labels
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ class SRe2LConfig:
         aug_per_sample: draw crop/flip per image instead of once per batch (a named behavioural change, §9.2).
         save_format: ``jpeg_q75`` (faithful PIL JPEG artifact), ``png`` or ``uint8`` (lossless); see
             :mod:`ddbench.ops.recover`.
-        teacher_arch: teacher architecture ("" = the dataset's default teacher).
+        teacher_arch: teacher architecture ("" = the dataset's default teacher when it has BatchNorm, else
+            ``convnet_bn``: BN matching needs BN layers, and MNIST-style datasets default to an instance-norm ConvNet).
         temperature: KD temperature preferred for evaluation (None = the protocol's).
         relabel: ``online`` (teacher at evaluation) or ``stored`` (per-image mean logits; see module docstring).
         relabel_views: views averaged per image under ``relabel="stored"``.
@@ -143,7 +144,7 @@ class RecoverRun:
             statistics from the unperturbed network).
         stats_model: the network ``recorder`` is attached to.
         mean, std: the dataset's normalization constants.
-        extra: method-specific state (DWA's init permutations).
+        extra: method-specific state (subclasses keep per-distillation caches here).
     """
 
     teacher: nn.Module
@@ -156,6 +157,15 @@ class RecoverRun:
 
 
 StepProbe = Callable[[int, torch.Tensor, torch.Tensor, RecoverRun], None]
+
+
+def bn_teacher_arch(dataset: Any) -> str:
+    """The dataset's default teacher if it has BatchNorm, else ``convnet_bn`` (BN matching needs BN layers)."""
+    arch = dataset.spec.default_teacher
+    if has_batchnorm(arch, dataset.num_classes, dataset.img_size, dataset.channels):
+        return arch
+    logger.info("%s's default teacher %s has no BatchNorm; BN-matching methods use convnet_bn", dataset.id, arch)
+    return "convnet_bn"
 
 
 @contextlib.contextmanager
@@ -180,16 +190,50 @@ class SRe2L(Method):
     """
 
     name = "sre2l"
-    version = 1
+    version = 2
     Config = SRe2LConfig
     paper = "Yin, Xing, Shen. Squeeze, Recover and Relabel: Dataset Condensation at ImageNet Scale. NeurIPS 2023"
+    needs_bn_teacher = True
+    soft_labels = True
+    #: the paper protocol per dataset (SRe2L's own evaluation scripts)
+    PAPER_PROTOCOLS: ClassVar[dict[str, str]] = {
+        "cifar10": "sre2l-cifar",
+        "cifar100": "sre2l-cifar",
+        "tiny-imagenet": "sre2l-tiny",
+        "imagenet-1k": "sre2l-imagenet",
+    }
+    #: the cross-architecture students of DWA's tables, where SRe2L is the baseline row (Tables 4–5 CIFAR, 9
+    #: ImageNet-1K; Tiny: Table 2's ResNet-18/50/101)
+    PAPER_STUDENTS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "cifar10": ("convnet_bn", "resnet18", "resnet50", "mobilenetv2", "shufflenetv2", "efficientnet_b0", "vgg16_bn"),
+        "cifar100": (
+            "convnet_bn",
+            "resnet18",
+            "resnet50",
+            "mobilenetv2",
+            "shufflenetv2",
+            "efficientnet_b0",
+            "vgg16_bn",
+        ),
+        "tiny-imagenet": ("resnet18", "resnet50", "resnet101"),
+        "imagenet-1k": ("resnet18", "resnet50", "resnet101", "deit_tiny_bn"),
+    }
 
     def __init__(self, config: SRe2LConfig) -> None:
         super().__init__(config)
         self.step_probe: StepProbe | None = None
 
-    def teachers(self, dataset: object) -> list[TeacherSpec]:
-        return [TeacherSpec(arch=self.config.teacher_arch)]
+    def teachers(self, dataset: Any) -> list[TeacherSpec]:
+        return [TeacherSpec(arch=self.config.teacher_arch or bn_teacher_arch(dataset))]
+
+    def paper_protocol(self, dataset: str) -> str | None:
+        return self.PAPER_PROTOCOLS.get(dataset)
+
+    def paper_students(self, dataset: str | None) -> tuple[str, ...] | None:
+        return self.PAPER_STUDENTS.get(dataset or "")
+
+    def min_real_per_class(self, ipc: int) -> int:
+        return 0  # N(0, 1) init: no real image is used
 
     # -- the plan -------------------------------------------------------------------------------------------------
     def class_batches(self, num_classes: int) -> list[list[int]]:
@@ -361,54 +405,50 @@ class SRe2L(Method):
             raise ValueError(f"ipc range [{start}, {stop}) is empty or negative")
         cfg = self.config
         units = self.units(ctx.dataset.num_classes, start, stop)
-        shards: list[tuple[int, dict[str, torch.Tensor]]] = []
         with self.session(ctx) as run:
-            for n, (key, i, batches) in enumerate(units):
-                shard = ctx.shard(key, lambda i=i, batches=batches: self.recover_unit(ctx, run, i, batches))
-                shards.append((i, shard))
-                ctx.progress("recover", n + 1, len(units))
+            items = [
+                (key, lambda i=i, batches=batches: self.recover_unit(ctx, run, i, batches)) for key, i, batches in units
+            ]
+            shards = list(zip((i for _, i, _ in units), ctx.shards(items, stage="recover"), strict=True))
             teacher = run.teacher
-        images = torch.cat([s["images"] for _, s in shards])
-        labels = torch.cat([s["labels"] for _, s in shards])
-        ipc_of = torch.cat([torch.full_like(s["labels"], i) for i, s in shards])
-        order = torch.argsort(labels * (stop + 1) + ipc_of)  # class-major, ipc index ascending within a class
-        images, labels = images[order], labels[order]
+        out, order = class_major(shards, ["images"])
+        images, labels = out["images"], out["labels"]
         losses = torch.stack([s["losses"].reshape(-1, 2, 2) for _, s in shards]).reshape(-1, 2, 2)
         correct = torch.cat([s["correct"] for _, s in shards])
+        ce_first, ce_last = losses[:, :, 0].mean(0).tolist()
+        if ce_last > ce_first:
+            ctx.logger.warning(
+                "recover loss rose: CE %.4g at the first iteration, %.4g at the last (mean over %d class-batches); "
+                "the learning rate (%g) is probably too high",
+                ce_first,
+                ce_last,
+                len(losses),
+                cfg.lr,
+            )
         meta: dict[str, Any] = {
             "save_format": cfg.save_format,
             "ipc_range": [start, stop],
             "lambda_mean": cfg.bn_weights[0],
             "lambda_var": cfg.bn_weights[1],
-            "recover_ce_first_last": losses[:, :, 0].mean(0).tolist(),
+            "recover_ce_first_last": [ce_first, ce_last],
             "recover_bn_first_last": losses[:, :, 1].mean(0).tolist(),
             "teacher_acc_on_distilled": int(correct.sum()) / correct.numel(),
             "shards": [key for key, _, _ in units],
         }
         meta.update(self.extra_meta(shards, order))
-        arch = ctx.teachers[0].arch
+        teacher_id = ctx.teachers[0].id
         if cfg.relabel == "stored":
-            soft = self.stored_soft_labels(ctx, teacher, images)
-            spec = SoftLabelSpec(mode="stored", teachers=(arch,), temperature=cfg.temperature)
+            x = ctx.dataset.normalize(images.to(ctx.device))
+            soft = stored_soft_labels(
+                teacher, x, views=cfg.relabel_views, crop_scale=cfg.crop_scale, generator=ctx.generator("relabel")
+            )
+            spec = SoftLabelSpec(mode="stored", teachers=(teacher_id,), temperature=cfg.temperature)
             meta["relabel"] = f"stored: mean teacher logits over {cfg.relabel_views} views per image"
             return DistilledSet(images, labels, "uint8", spec, soft_labels=soft, meta=meta)
-        spec = SoftLabelSpec(mode="teacher", teachers=(arch,), temperature=cfg.temperature)
+        spec = SoftLabelSpec(mode="teacher", teachers=(teacher_id,), temperature=cfg.temperature)
         meta["relabel"] = "online"
         return DistilledSet(images, labels, "uint8", spec, meta=meta)
 
     def extra_meta(self, shards: list[tuple[int, dict[str, torch.Tensor]]], order: torch.Tensor) -> dict[str, Any]:
         """Method-specific provenance from the shards (DWA: init indices, ‖Δθ‖)."""
         return {}
-
-    @torch.no_grad()
-    def stored_soft_labels(self, ctx: DistillContext, teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """Per-image mean teacher logits over fixed views: the image itself, then seeded per-image RRC + flip."""
-        cfg = self.config
-        generator = ctx.generator("relabel")
-        x = ctx.dataset.normalize(images.to(ctx.device))
-        total = teacher(x).float()
-        for _ in range(cfg.relabel_views - 1):
-            view = random_resized_crop(x, x.shape[-1], cfg.crop_scale, generator=generator, same_on_batch=False)
-            view = random_flip(view, generator=generator, same_on_batch=False)
-            total += teacher(view).float()
-        return (total / cfg.relabel_views).cpu()

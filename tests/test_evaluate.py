@@ -16,12 +16,15 @@ from ddbench.config import ConfigError, config_hash, load_toml
 from ddbench.data.source import TensorSource
 from ddbench.distilled import DistilledSet, SoftLabelSpec
 from ddbench.evaluate import evaluate, resolve_for_artifact
+from ddbench.labels import Batch, StoredLabels, build_label_mode, kl_loss, mixed_ce
+from ddbench.pixels import UInt8Space
 from ddbench.protocol import SHRINK_KEYS, TEACHER_RECIPE_DIR, Protocol, apply_hints, load_protocol
 from ddbench.protocols import PROTOCOLS
 from ddbench.teachers import recipe_path
-from ddbench.train import Batch, TrainingDiverged, augment_batch, evaluate_models, kl_loss, mixed_ce, train_students
+from ddbench.train import Trainer, TrainingDiverged, augment_batch, evaluate_models
 
 MEAN, STD = (0.5,), (0.25,)
+SPACE = UInt8Space(MEAN, STD)
 
 
 def all_protocol_files() -> list[Path]:
@@ -63,19 +66,12 @@ def seeded(seed: int, **kw) -> Tiny:
     return Tiny(**kw)
 
 
-def train(models, protocol, x, y, seed=0, **kw):
-    return train_students(
-        models,
-        x,
-        y,
-        protocol=protocol,
-        mean=MEAN,
-        std=STD,
-        pixel_space="uint8",
-        generator=torch.Generator().manual_seed(seed),
-        device="cpu",
-        **kw,
-    )
+def train(models, protocol, x, y, seed=0, soft_targets=None, stored_soft=None, model_seeds=None, **kw):
+    """The Trainer with the label mode the protocol names (an online teacher module or stored rows)."""
+    teachers = [soft_targets] if soft_targets is not None else []
+    labels = build_label_mode(protocol.label_mode, teachers, stored_soft)
+    trainer = Trainer(protocol, space=SPACE, labels=labels, device="cpu", **kw)
+    return trainer.fit(models, x, y, generator=torch.Generator().manual_seed(seed), model_seeds=model_seeds)
 
 
 # -- protocol files -------------------------------------------------------------------------------------------------
@@ -163,8 +159,12 @@ def test_wrong_type_and_bad_values_fail(tmp_path):
         load_protocol(write(tmp_path, 'version = 1\nepochs = "many"\n'))
     with pytest.raises(ConfigError, match=r"optimizer"):
         load_protocol(write(tmp_path, 'version = 1\noptimizer = "lion"\n'))
-    with pytest.raises(ConfigError, match=r"hard.*needs loss 'ce'"):
+    with pytest.raises(ConfigError, match=r"hard.*use loss 'ce'"):
         load_protocol(write(tmp_path, 'version = 1\nlabel_mode = "hard"\nloss = "kl"\n'))
+    with pytest.raises(ConfigError, match=r"label_mode 'telepathy' is not one of ensemble, hard"):
+        load_protocol(write(tmp_path, 'version = 1\nlabel_mode = "telepathy"\nloss = "kl"\n'))
+    with pytest.raises(ConfigError, match=r"loss 'hinge' is not one of"):
+        load_protocol(write(tmp_path, 'version = 1\nloss = "hinge"\n'))
     with pytest.raises(ConfigError, match=r"aug"):
         load_protocol(write(tmp_path, 'version = 1\naug = ["crop_pad", "blur"]\n'))
     with pytest.raises(ConfigError, match=r"version"):
@@ -310,14 +310,10 @@ def test_amp_runs_forwards_in_bf16_and_keeps_fp32_weights():
     teacher_dtypes = []
     teacher.conv.register_forward_hook(lambda m, i, o: teacher_dtypes.append(o.dtype))
     p = tiny_protocol(label_mode="teacher", loss="kl", temperature=4.0)
-
-    def soft(z: torch.Tensor) -> torch.Tensor:
-        return teacher(z).float()
-
-    train([a], p, x, y, soft_targets=soft)
+    train([a], p, x, y, soft_targets=teacher)
     assert set(teacher_dtypes) == {torch.float32}
     teacher_dtypes.clear()
-    train([b], p, x, y, soft_targets=soft, amp=True)
+    train([b], p, x, y, soft_targets=teacher, amp=True)
     assert set(dtypes) == {torch.bfloat16} and set(teacher_dtypes) == {torch.bfloat16}
     assert all(w.dtype == torch.float32 for w in b.state_dict().values() if w.is_floating_point())
     delta = (b.fc.weight - a.fc.weight).abs().max().item()
@@ -355,10 +351,7 @@ def test_teacher_sees_exactly_the_students_mixed_batch(mix):
 
 
 def test_stored_soft_targets_are_mixed_with_the_batch_pairing():
-    from ddbench.train import _targets
-
     stored = torch.randn(6, 3)
-    p = tiny_protocol(label_mode="stored", loss="kl", temperature=2.0)
     batch = Batch(
         torch.zeros(3, 1, 2, 2),
         torch.zeros(3, dtype=torch.long),
@@ -366,11 +359,10 @@ def test_stored_soft_targets_are_mixed_with_the_batch_pairing():
         torch.tensor([2, 0, 1]),
         0.25,
     )
+    target = StoredLabels(stored=stored).targets(batch)
     probs = F.softmax(stored[[4, 0, 2]] / 2.0, dim=1)
-    expected = 0.25 * probs + 0.75 * probs[[2, 0, 1]]
-    torch.testing.assert_close(_targets(batch, p, None, stored), expected)
-    mse = dataclasses.replace(p, loss="mse_ce")
-    torch.testing.assert_close(_targets(batch, mse, None, stored), 0.25 * stored[[4, 0, 2]] + 0.75 * stored[[2, 4, 0]])
+    torch.testing.assert_close(target.probs(2.0), 0.25 * probs + 0.75 * probs[[2, 0, 1]])  # KL mixes probabilities
+    torch.testing.assert_close(target.mixed_logits(), 0.25 * stored[[4, 0, 2]] + 0.75 * stored[[2, 4, 0]])  # MSE logits
 
 
 def test_stored_mode_trains_and_matches_artifact_resolution():
@@ -433,9 +425,8 @@ def test_image_source_input_equals_tensor_input():
 def test_augment_batch_order_normalises_after_geometry():
     # zero padding happens in [0, 1] space: the padded border is black, i.e. -mean/std after normalisation
     x = torch.full((4, 1, 8, 8), 255, dtype=torch.uint8)
-    m, s = torch.tensor(0.5).view(1, 1, 1, 1), torch.tensor(0.25).view(1, 1, 1, 1)
     p = tiny_protocol(aug=("crop_pad",), crop_padding=0.375)  # 3 px
-    out, mixed = augment_batch(x, p, m, s, "uint8", torch.Generator().manual_seed(1))
+    out, mixed = augment_batch(x, p, UInt8Space((0.5,), (0.25,)), torch.Generator().manual_seed(1))
     assert mixed is None and set(out.unique().tolist()) <= {2.0, -2.0} and (out == -2.0).any()
 
 
@@ -447,7 +438,7 @@ def test_evaluate_models_counts_top1_and_top5():
 
     images = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
     labels = torch.tensor([5, 4, 1, 0, 5, 2])
-    ((top1, top5),) = evaluate_models([Fixed()], (images, labels), MEAN, STD, "cpu", batch_size=4)
+    ((top1, top5),) = evaluate_models([Fixed()], (images, labels), SPACE, "cpu", batch_size=4)
     assert top1 == pytest.approx(200 / 6) and top5 == pytest.approx(500 / 6)
 
 
@@ -497,13 +488,13 @@ def test_evaluate_stream_depends_on_seed_and_protocol_not_on_the_set(fake_models
     import ddbench.evaluate as ev
 
     seen = []
-    original = ev.train_students
+    original = ev.Trainer.fit
 
-    def spy(*a, **kw):
+    def spy(self, *a, **kw):
         seen.append(kw["generator"].initial_seed())
-        return original(*a, **kw)
+        return original(self, *a, **kw)
 
-    monkeypatch.setattr(ev, "train_students", spy)
+    monkeypatch.setattr(ev.Trainer, "fit", spy)
     x, y = tiny_data()
     hard = DistilledSet(x, y)
     stored = DistilledSet(x.flip(0), y, soft_label=SoftLabelSpec(mode="stored"), soft_labels=torch.randn(20, 4))
@@ -524,7 +515,7 @@ def test_teacher_quirk_uses_train_mode_on_a_copy(fake_models):
     teacher = seeded(7).eval()
     before = teacher.bn.running_mean.clone()
     p = tiny_protocol(label_mode="teacher", loss="kl", temperature=4.0, teacher_bn_train_mode_quirk=True, epochs=1)
-    (r,) = evaluate(DistilledSet(x, y), FakeDataset(), ["tiny"], p, 0, teacher=teacher)
+    (r,) = evaluate(DistilledSet(x, y), FakeDataset(), ["tiny"], p, 0, teachers=[teacher])
     assert r.error is None
     assert torch.equal(teacher.bn.running_mean, before) and not teacher.training  # the cached teacher is untouched
 

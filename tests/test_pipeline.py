@@ -75,7 +75,7 @@ def _accuracy(method: str, ipc: int, seeds: list[int], distill_seeds: list[int])
     accs = []
     for ds in distill_seeds:
         state = prepare(RunRequest(method=method, dataset="digits", ipc=ipc, seed=ds, profile="cpu"))
-        rows = evaluate_run(state, distill(state), EvalRequest(archs=["convnet"], protocol="hard", seeds=seeds), store)
+        rows = evaluate_run(state, distill(state), EvalRequest(archs=["convnet"], protocols=["hard"], seeds=seeds), store)
         accs += [r["top1"] for r in rows]
     return sum(accs) / len(accs)
 
@@ -136,7 +136,8 @@ def logged(distilled, dataset, archs, protocol, seed, **kw):
 ev.evaluate = logged
 from ddbench.cli import main
 raise SystemExit(main(["-q", "run", "--method", "slowtoy", "--dataset", "digits", "--ipc", "6", "--preset", "cpu",
-                       "--device", "cpu", "--archs", "convnet", "--protocol", {protocol!r}, "--seeds", "0,1,2,3"]))
+                       "--device", "cpu", "--archs", "convnet", "--protocol", {protocol!r}, "--seeds", "0,1,2,3",
+                       "--no-baseline"]))
 """
 
 
@@ -163,16 +164,16 @@ def test_kill_mid_distill_resumes_at_next_unfinished_shard(tmp_path: Path) -> No
     cmd, env = _driver(tmp_path)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     shards = Path(env["DDBENCH_HOME"]) / "runs" / "digits" / "slowtoy" / "ipc6"
-    _wait_for(lambda: len(list(shards.glob("*/shards/ipc*.pt"))) >= 2)
+    _wait_for(lambda: len(list(shards.glob("*/shards/ipc*/manifest.json"))) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_at_kill = {p.stem for p in shards.glob("*/shards/ipc*.pt")}
+    done_at_kill = {p.parent.name.split("-")[0] for p in shards.glob("*/shards/ipc*/manifest.json")}
     assert 2 <= len(done_at_kill) < 6
     log = tmp_path / "computed.log"
     before = log.read_text().split()
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
     recomputed = log.read_text().split()[len(before) :]
-    assert not set(recomputed) & done_at_kill  # finished shards are never recomputed
+    assert not {f"ipc{int(r[3:]):04d}" for r in recomputed} & done_at_kill  # finished shards are never recomputed
     assert sorted(set(before) | set(recomputed)) == [f"ipc{i}" for i in range(6)]
 
 

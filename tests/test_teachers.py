@@ -1,7 +1,7 @@
 """Teachers: cache hits, one training under concurrency, corruption, class order, imports, ImageNet weights.
 
-Most tests replace the training loop (``load_protocol``, ``train_students`` and ``evaluate_models`` as
-``ddbench.teachers`` imported them from ``ddbench.protocol`` and ``ddbench.train``) with a fake that counts
+Most tests replace the training loop (``load_protocol`` as ``ddbench.teachers`` imported it, and its own
+``fit_teacher`` and ``evaluate_models``, the student loop and accuracy pass it calls) with a fake that counts
 trainings, because what is tested here is the caching around it; ``test_two_processes_train_once`` runs the real
 loop (convnet on digits).
 """
@@ -74,25 +74,23 @@ def load_protocol(path, profile="paper"):
     return SimpleNamespace(hash=config_hash([Path(path).read_text(), profile]), version=1, epochs=1, name="fake")
 
 
-def train_students(models, images, labels, *, protocol, mean, std, pixel_space, generator, device, progress=None, **kw):
+def fit_teacher(model, images, labels, protocol, dataset, generator, device, progress=None, stage="teacher"):
     log = Path(os.environ["DDBENCH_HOME"]) / "trainings.log"
     with open(log, "a") as fh:
         fh.write(f"{os.getpid()}\\n")
     time.sleep(float(os.environ.get("FAKE_TRAIN_SLEEP", "0")))
     with torch.no_grad():
-        for m in models:
-            for p in m.parameters():
-                p.add_(torch.randn(p.shape, generator=generator))
-    return [SimpleNamespace(epochs=1) for _ in models]
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator))
 
 
-def evaluate_models(models, source, mean, std, device, batch_size=256):
+def evaluate_models(models, source, space, device, batch_size=256):
     return [(50.0, 90.0) for _ in models]
 """
 
 
-#: The names ddbench.teachers takes from ddbench.protocol and ddbench.train that the fake replaces.
-FAKED = ("load_protocol", "train_students", "evaluate_models")
+#: The names in ddbench.teachers' namespace the fake replaces.
+FAKED = ("load_protocol", "fit_teacher", "evaluate_models")
 
 
 def _fake_module() -> types.ModuleType:
@@ -135,25 +133,29 @@ def test_trains_once_then_hits_cache(fake_eval, digits: Dataset, recipe: Path, m
     spec = TeacherSpec(arch=ARCH, recipe=str(recipe), seed=3)
     t1 = get_teacher(digits, spec)
     assert trainings() == 1
-    assert t1.path is not None and (t1.path / "model.pt").is_file() and (t1.path / "teacher.json").is_file()
+    assert t1.path is not None and (t1.path / "model.pt").is_file() and (t1.path / "manifest.json").is_file()
     assert t1.path.parent == teacher_dir("digits")
     assert t1.id == t1.path.name and t1.id.startswith(f"{ARCH}-{digits.class_hash}-") and t1.id.endswith("-s3")
     assert not t1.model.training and not any(p.requires_grad for p in t1.model.parameters())
     assert t1.accuracy["test_top1"] == 50.0 and "train_top1" in t1.accuracy
-    assert t1.recipe["path"] == str(recipe) and t1.recipe["hash"] in t1.id
     import json
 
-    meta = json.loads((t1.path / "teacher.json").read_text())
+    manifest = json.loads((t1.path / "manifest.json").read_text())
+    meta, key = manifest["meta"], manifest["key"]
+    assert manifest["key_hash"] in t1.id and key["recipe_hash"] == t1.recipe["hash"] and key["seed"] == 3
+    assert key["data"]["class_hash"] == digits.class_hash  # the data identity is part of the key
+    assert t1.recipe["path"] == str(recipe)
     assert meta["classes"] == list(digits.classes) and meta["seed"] == 3 and meta["ddbench_version"]
     assert meta["torch_version"] == torch.__version__ and meta["wall_time_s"] >= 0
+    assert manifest["files"]["model.pt"]["sha256"] == t1.sha256
 
-    monkeypatch.setattr(fake_eval, "train_students", lambda *a, **k: pytest.fail("cache hit expected, trained"))
+    monkeypatch.setattr(fake_eval, "fit_teacher", lambda *a, **k: pytest.fail("cache hit expected, trained"))
     t2 = get_teacher(digits, spec)
     assert (t2.id, t2.sha256) == (t1.id, t1.sha256)
     assert all(torch.equal(a, b) for a, b in zip(t1.model.state_dict().values(), t2.model.state_dict().values()))
     assert not t2.model.training and not any(p.requires_grad for p in t2.model.parameters())
     # another seed, profile or class subset is another teacher
-    monkeypatch.setattr(fake_eval, "train_students", _fake_module().train_students)
+    monkeypatch.setattr(fake_eval, "fit_teacher", _fake_module().fit_teacher)
     assert get_teacher(digits, dataclasses.replace(spec, seed=4)).id != t1.id
     assert get_teacher(digits, spec, profile="cpu").id != t1.id
     assert get_teacher(digits.with_num_classes(5), spec).id != t1.id
@@ -168,7 +170,7 @@ def test_recipe_width_mult_builds_narrow_teacher_and_reloads_it(fake_eval, digit
     assert t.id.startswith(f"convnet_bnx0.25-{digits.class_hash}-") and t.model.width == 32
     import json
 
-    assert json.loads((t.path / "teacher.json").read_text())["width_mult"] == 0.25
+    assert json.loads((t.path / "manifest.json").read_text())["meta"]["width_mult"] == 0.25
     again = load_teacher(t.id, digits)  # rebuilt at the recorded width, or the state dict would not fit
     assert again.model.width == 32 and again.sha256 == t.sha256
 
@@ -197,7 +199,7 @@ def test_corrupt_weights_are_retrained(fake_eval, digits: Dataset, recipe: Path,
 def test_unreadable_metadata_is_retrained(fake_eval, digits: Dataset, recipe: Path) -> None:
     spec = TeacherSpec(arch=ARCH, recipe=str(recipe))
     teacher = get_teacher(digits, spec)
-    (teacher.path / "teacher.json").write_text("{not json")
+    (teacher.path / "manifest.json").write_text("{not json")
     get_teacher(digits, spec)
     assert trainings() == 2
 
@@ -219,7 +221,7 @@ def test_import_round_trip_with_module_prefix(fake_eval, digits: Dataset, tmp_pa
     torch.save({"model": state, "epoch": 99, "args": argparse.Namespace(lr=0.2)}, ckpt)  # torchvision-script layout
 
     teacher = import_teacher(digits, ARCH, ckpt, class_names=list(digits.classes))
-    assert teacher.id == f"{ARCH}-{digits.class_hash}-import{teacher.recipe['checkpoint_sha256'][:16]}"
+    assert teacher.id.startswith(f"{ARCH}-{digits.class_hash}-import{teacher.recipe['checkpoint_sha256'][:16]}-")
     assert teacher.accuracy["test_top1"] == 50.0
     for key, value in source.state_dict().items():
         assert torch.equal(teacher.model.state_dict()[key], value), key
@@ -293,12 +295,12 @@ import ddbench.teachers as teachers
 from ddbench.data import load_dataset
 from ddbench.teachers import TeacherSpec, get_teacher
 
-real = teachers.train_students
+real = teachers.fit_teacher
 def counted(*args, **kwargs):
     with open(Path(os.environ["DDBENCH_HOME"]) / "trainings.log", "a") as fh:
         fh.write(f"{os.getpid()}\\n")
     return real(*args, **kwargs)
-teachers.train_students = counted
+teachers.fit_teacher = counted
 
 ds = load_dataset("digits")
 home = Path(os.environ["DDBENCH_HOME"])

@@ -12,8 +12,10 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -34,8 +36,26 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ddbench.distilled import CorruptArtifact
     from ddbench.errors import UserError
     from ddbench.registry import RegistryError
+    from ddbench.train import TrainingDiverged
 
-    return (ConfigError, DatasetError, RegistryError, CorruptArtifact, UserError)
+    return (ConfigError, DatasetError, RegistryError, CorruptArtifact, UserError, TrainingDiverged)
+
+
+def one_line(exc: BaseException) -> str:
+    """The user-facing sentence of an error, on one line (a diverged training says what to do)."""
+    from ddbench.train import TrainingDiverged
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, TrainingDiverged):
+        text = f"training diverged ({text}); nothing was cached; lower the learning rate or check the recipe"
+    return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``ddbench run: error: argument --ipc: invalid int value: 'x'``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def setup_logging(verbose: int) -> None:
@@ -48,7 +68,7 @@ def setup_logging(verbose: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ddbench",
         description="Run dataset-distillation methods end to end and compare them fairly.",
         epilog="Example: ddbench run --method random --dataset digits",
@@ -77,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except user_errors() as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {escape(one_line(exc))}", soft_wrap=True, highlight=False)
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]; finished stages are kept and the same command resumes")

@@ -11,18 +11,26 @@ RUN_EPILOG = """examples:
   ddbench run --method random --dataset digits
   ddbench run --method dwa --dataset cifar10 --ipc 10 --preset paper --device cuda
   ddbench run --method sre2l --dataset tiny-imagenet --data-root ~/data --preset cpu --num-classes 10
-  ddbench run --method dwa --dataset cifar10 --set iterations=500 --set rho=0.03
+  ddbench run --method dwa --dataset cifar10 --set iterations=500 --set rho=0.03 --protocol kd,hard
+
+protocols (--protocol): with --preset paper a run is scored under the method's own paper protocol (e.g. dwa-cifar)
+and the shared fair one (kd for soft-label methods, hard otherwise), shown side by side; under cpu it is one fair
+protocol (the dataset's, kd) so the demo stays fast. The table caption names every protocol and teacher it uses.
+Unless --no-baseline, the random baseline is evaluated beside the method under the same protocols and teacher.
 """
-
-
-def _csv(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-archs", "--archs", dest="archs", default=None, help="comma-separated student architectures")
-    g.add_argument("--protocol", default=None, help="evaluation protocol (default: the dataset's)")
+    g.add_argument(
+        "--protocol",
+        "--protocols",
+        dest="protocol",
+        default=None,
+        help="comma-separated evaluation protocols (default: paper preset: the method's paper protocol and the fair "
+        "one; cpu: the dataset's fair protocol)",
+    )
     g.add_argument("--seeds", default=None, help="comma-separated evaluation seeds (default: the protocol's count)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast of student/teacher forwards (CUDA speed-up)")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format (CUDA speed-up)")
@@ -47,6 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=None, help="only the first N canonical classes")
     p.add_argument("--data-root", default=None, help="where datasets live (also $DDBENCH_DATA)")
     p.add_argument("--no-eval", action="store_true", help="distil only")
+    p.add_argument("--no-baseline", action="store_true", help="do not also evaluate the random baseline")
+    p.add_argument(
+        "--allow-short-classes",
+        action="store_true",
+        help="allow an --ipc larger than a class's real images (the record says which classes were short)",
+    )
     _add_eval_args(p)
     p.set_defaults(func=execute_run)
 
@@ -63,7 +77,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 @contextlib.contextmanager
 def rich_progress() -> Iterator[Any]:
     """A ``progress(stage, done, total)`` callback drawing one rich bar per stage."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from ddbench.cli import err_console
 
@@ -72,6 +93,8 @@ def rich_progress() -> Iterator[Any]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         console=err_console,
         transient=False,
     )
@@ -86,20 +109,14 @@ def rich_progress() -> Iterator[Any]:
         yield progress
 
 
-def _device(arg: str | None) -> str:
-    import torch
-
-    return arg or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _eval_request(args: argparse.Namespace) -> Any:
+    from ddbench.cli.args import csv, int_list
     from ddbench.pipeline import EvalRequest
 
-    seeds = [int(s) for s in _csv(args.seeds)] if args.seeds else None
     return EvalRequest(
-        archs=_csv(args.archs),
-        protocol=args.protocol,
-        seeds=seeds,
+        archs=csv(args.archs),
+        protocols=csv(args.protocol),
+        seeds=int_list(args.seeds, "--seeds"),
         amp=args.amp,
         channels_last=args.channels_last,
     )
@@ -117,11 +134,28 @@ def _print_table(rows: list[dict[str, Any]], eval_req: Any) -> None:
 
 
 def _finish(state: Any, distilled: Any, args: argparse.Namespace, eval_req: Any, store: Any, progress: Any) -> None:
-    from ddbench.cli import console
-    from ddbench.pipeline import evaluate_run, record_diversity
+    import dataclasses
 
+    from ddbench.cli import console
+    from ddbench.pipeline import (
+        baseline_state,
+        default_protocols,
+        distill,
+        evaluate_run,
+        protocol_teachers,
+        record_diversity,
+        record_run,
+    )
+
+    eval_req = dataclasses.replace(eval_req, protocols=list(eval_req.protocols or default_protocols(state)))
     rows = evaluate_run(state, distilled, eval_req, store, progress)
     diversity = record_diversity(state, distilled, store)
+    if state.method.name != "random" and not getattr(args, "no_baseline", True):
+        base = baseline_state(state)
+        base_set = distill(base, progress)
+        record_run(base, base_set, store)
+        teachers = protocol_teachers(state, distilled, eval_req.protocols, progress)
+        rows = evaluate_run(base, base_set, dataclasses.replace(eval_req, teachers=teachers), store, progress) + rows
     _print_table(rows, eval_req)
     if diversity.get("feat_dist_mean") is not None:
         console.print(
@@ -131,15 +165,15 @@ def _finish(state: Any, distilled: Any, args: argparse.Namespace, eval_req: Any,
 
 
 def execute_run(args: argparse.Namespace) -> int:
-    import torch
-
     from ddbench.cli import console
+    from ddbench.cli.args import device as parse_device
+    from ddbench.cli.args import profile as parse_profile
     from ddbench.config import parse_overrides
-    from ddbench.pipeline import RunRequest, default_profile, distill, prepare, record_run
+    from ddbench.pipeline import RunRequest, distill, prepare, record_run
     from ddbench.store import Store
 
-    device = _device(args.device)
-    profile = default_profile(torch.device(device)) if args.preset == "auto" else args.preset
+    device = parse_device(args.device)
+    profile = parse_profile(args.preset, device)
     request = RunRequest(
         method=args.method,
         dataset=args.dataset,
@@ -151,16 +185,17 @@ def execute_run(args: argparse.Namespace) -> int:
         config_file=args.config_file,
         overrides=parse_overrides(args.overrides),
         device=device,
+        allow_short_classes=args.allow_short_classes,
     )
     store = Store(args.store)
     eval_req = _eval_request(args)
+    state = prepare(request)  # every check (ipc, profile, teacher needs) before any training or distillation
     console.print(
         f"[bold]ddbench run[/] {request.method} on {request.dataset} ipc {request.ipc}, "
         f"profile [cyan]{profile}[/], device {device}"
     )
+    console.print(f"run [bold green]{state.run_id}[/] → {state.run_dir}")
     with rich_progress() as progress:
-        state = prepare(request, progress)
-        console.print(f"run [bold green]{state.run_id}[/] → {state.run_dir}")
         distilled = distill(state, progress)
         record_run(state, distilled, store)
         if not args.no_eval:
@@ -171,6 +206,7 @@ def execute_run(args: argparse.Namespace) -> int:
 
 def execute_eval(args: argparse.Namespace) -> int:
     from ddbench.cli import console
+    from ddbench.cli.args import device as parse_device
     from ddbench.distilled import DistilledSet
     from ddbench.pipeline import find_run, load_request, prepare
     from ddbench.store import Store
@@ -178,14 +214,14 @@ def execute_eval(args: argparse.Namespace) -> int:
     run_dir = find_run(args.run)
     request = load_request(run_dir)
     if args.device:
-        request.device = args.device
+        request.device = parse_device(args.device)
     store = Store(args.store)
     eval_req = _eval_request(args)
+    state = prepare(request)
+    if state.run_id != run_dir.name:  # code or presets changed since the run: score the artifact that exists
+        state.run_id, state.run_dir = run_dir.name, run_dir
+    distilled = DistilledSet.load(state.artifact_dir)
     with rich_progress() as progress:
-        state = prepare(request, progress)
-        if state.run_id != run_dir.name:  # code or presets changed since the run: score the artifact that exists
-            state.run_id, state.run_dir = run_dir.name, run_dir
-        distilled = DistilledSet.load(state.artifact_dir)
         _finish(state, distilled, args, eval_req, store, progress)
     console.print(f"records: {store.path}")
     return 0

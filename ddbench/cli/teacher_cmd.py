@@ -33,17 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    import torch
-
     from ddbench.cli import console
+    from ddbench.cli.args import device as parse_device
+    from ddbench.cli.args import profile as parse_profile
     from ddbench.cli.run_cmd import rich_progress
     from ddbench.data import load_dataset
-    from ddbench.pipeline import default_profile
+    from ddbench.method import TeacherSpec
+    from ddbench.pipeline import check_profile
     from ddbench.store import Store
-    from ddbench.teachers import TeacherSpec, get_teacher, import_teacher
+    from ddbench.teachers import get_teacher, import_teacher
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    profile = default_profile(torch.device(device)) if args.preset == "auto" else args.preset
+    device = parse_device(args.device)
+    profile = parse_profile(args.preset, device)
+    check_profile(profile, None)
     dataset = load_dataset(args.dataset, args.data_root, args.num_classes)
     if args.checkpoint:
         arch = args.arch or dataset.spec.default_teacher

@@ -81,9 +81,19 @@ def create_model(
     return model
 
 
+def has_batchnorm(
+    arch: str, num_classes: int, img_size: int, in_chans: int, width_mult: float = 1.0, **kwargs: Any
+) -> bool:
+    """Whether ``arch`` built for these inputs contains a BatchNorm2d (BN-statistics methods need one)."""
+    from torch import nn
+
+    model = create_model(arch, num_classes, img_size, in_chans, width_mult=width_mult, **kwargs)
+    return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
 def list_models(pattern: str = "*", exclude: str | list[str] = ()) -> list[str]:
     """Registered architecture names matching an fnmatch pattern, like timm's ``list_models``."""
     return ARCHS.list(pattern, exclude)
 
 
-__all__ = ["ARCHS", "WIDTH_ARCHS", "create_model", "list_models"]
+__all__ = ["ARCHS", "WIDTH_ARCHS", "create_model", "has_batchnorm", "list_models"]

@@ -69,12 +69,10 @@ def real_reference(dataset: Dataset, c: int, n: int, seed: int) -> torch.Tensor:
     return dataset.images_of_class(c, k=n, generator=g)
 
 
-def _normalized(images: torch.Tensor, pixel_space: str, dataset: Dataset) -> torch.Tensor:
-    if pixel_space == "uint8":
-        return dataset.normalize(images)
-    if pixel_space == "normalized":
-        return images.float()
-    raise ValueError(f"diversity metric: pixel space {pixel_space!r} is not supported (uint8 or normalized)")
+def _normalized(distilled: DistilledSet, mask: torch.Tensor, dataset: Dataset) -> torch.Tensor:
+    """The set's images as the teacher sees real ones: back to pixels through the set's space, then normalized."""
+    space = distilled.space(dataset.spec.mean, dataset.spec.std)
+    return dataset.normalize(space.to_pixels(distilled.images[mask]))
 
 
 def diversity_metrics(
@@ -116,7 +114,7 @@ def diversity_metrics(
         if n < 2:
             logger.warning("diversity: class %d has %d distilled image(s); skipped", c, n)
             continue
-        syn = _normalized(distilled.images[mask], distilled.pixel_space, dataset)
+        syn = _normalized(distilled, mask, dataset)
         flat, pooled = _features(model, syn, batch_size, device)
         real = dataset.normalize(real_reference(dataset, c, n, seed))
         _, real_pooled = _features(model, real, batch_size, device)

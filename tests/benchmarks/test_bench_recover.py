@@ -75,7 +75,7 @@ class Stepper:
 
     def __init__(self, method: SRe2L, dataset: Dataset, teacher: Teacher, workdir) -> None:
         self.method = method
-        self.ctx = DistillContext(dataset, [teacher], 1, method.config, torch.device("cpu"), 0, workdir)
+        self.ctx = DistillContext(dataset, [teacher], 1, torch.device("cpu"), 0, workdir)
         self._session = method.session(self.ctx)
         self.run = self._session.__enter__()
         method.start_unit(self.run)

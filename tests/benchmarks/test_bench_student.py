@@ -1,7 +1,7 @@
 """Student-training throughput: ResNet-18 (low-res stem) students at 32 px with online KD from a ResNet-18 teacher.
 
 Run with ``pytest tests/benchmarks/test_bench_student.py -m bench --benchmark-only -o addopts="" -p no:cacheprovider``.
-The benchmark times one epoch of :func:`ddbench.train.train_students` under the ``dwa-cifar`` mechanism
+The benchmark times one epoch of :class:`ddbench.train.Trainer` under the ``dwa-cifar`` mechanism
 (RandomCrop + flip, mixup, teacher KL at T = 30) on 64 random images, batch 32, for four students in lockstep, and
 times the same epoch for one student, interleaved. Reported in ``extra_info``:
 
@@ -23,9 +23,11 @@ import time
 import pytest
 import torch
 
+from ddbench.labels import TeacherLabels
 from ddbench.models import create_model
+from ddbench.pixels import UInt8Space
 from ddbench.protocol import load_protocol
-from ddbench.train import train_students
+from ddbench.train import Trainer
 
 pytestmark = pytest.mark.bench
 
@@ -47,18 +49,8 @@ def test_bench_student_lockstep(benchmark):
     teacher = create_model("resnet18", CLASSES, SIZE, 3).eval()
 
     def epoch(models: list[torch.nn.Module]) -> list:
-        return train_students(
-            models,
-            images,
-            labels,
-            protocol=protocol,
-            mean=MEAN,
-            std=STD,
-            pixel_space="uint8",
-            generator=torch.Generator().manual_seed(0),
-            device="cpu",
-            soft_targets=teacher,
-        )
+        trainer = Trainer(protocol, space=UInt8Space(MEAN, STD), labels=TeacherLabels([teacher]), device="cpu")
+        return trainer.fit(models, images, labels, generator=torch.Generator().manual_seed(0))
 
     def timed(n: int) -> float:
         models = _students(n)
