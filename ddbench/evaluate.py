@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import math
 import resource
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 

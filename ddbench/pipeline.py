@@ -208,7 +208,8 @@ def check_teachers(method: Method, dataset: Dataset, specs: Sequence[TeacherSpec
     for spec in specs:
         ident = teacher_identity(dataset, spec, profile)
         width = ident.get("width_mult", 1.0)
-        if not has_batchnorm(ident["arch"], dataset.num_classes, dataset.img_size, dataset.channels, width, **spec.kwargs):
+        shape = (dataset.num_classes, dataset.img_size, dataset.channels)
+        if not has_batchnorm(ident["arch"], *shape, width, **spec.kwargs):
             raise UserError(
                 f"{method.name} matches BatchNorm statistics, but teacher {ident['arch']} for {dataset.id} has no "
                 "BatchNorm2d layer; choose a BN teacher (e.g. --set teacher_arch=convnet_bn or resnet18)"

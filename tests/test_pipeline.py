@@ -75,7 +75,8 @@ def _accuracy(method: str, ipc: int, seeds: list[int], distill_seeds: list[int])
     accs = []
     for ds in distill_seeds:
         state = prepare(RunRequest(method=method, dataset="digits", ipc=ipc, seed=ds, profile="cpu"))
-        rows = evaluate_run(state, distill(state), EvalRequest(archs=["convnet"], protocols=["hard"], seeds=seeds), store)
+        request = EvalRequest(archs=["convnet"], protocols=["hard"], seeds=seeds)
+        rows = evaluate_run(state, distill(state), request, store)
         accs += [r["top1"] for r in rows]
     return sum(accs) / len(accs)
 

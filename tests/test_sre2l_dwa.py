@@ -230,7 +230,7 @@ def test_sre2l_distilled_set_is_valid_and_class_major(digits, teacher, tmp_path)
     out = method.distill(make_ctx(digits, teacher, tmp_path, ipc=2))
     assert out.images.dtype == torch.uint8 and out.images.shape == (20, 1, 8, 8)
     assert out.labels.tolist() == [c for c in range(10) for _ in range(2)]
-    assert out.soft_label.mode == "teacher" and out.soft_label.teachers == ("tinybn-test",)  # the teacher id, not only its arch
+    assert out.soft_label.mode == "teacher" and out.soft_label.teachers == ("tinybn-test",)  # the id, not the arch
     assert out.meta["shards"] == [f"ipc{i:04d}-cb{k:03d}" for i in range(2) for k in range(3)]
     shard_dirs = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "shards").iterdir() if p.is_dir())
     assert shard_dirs == sorted(out.meta["shards"])  # one verified artifact folder per shard
