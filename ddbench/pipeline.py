@@ -37,7 +37,7 @@ from ddbench.config import BASE_PROFILE, ConfigError, canonical_json, config_has
 from ddbench.data import Dataset, load_dataset
 from ddbench.distilled import CorruptArtifact, DistilledSet
 from ddbench.errors import UserError
-from ddbench.io import atomic_file, home, lock, try_lock
+from ddbench.io import atomic_file, clean_stale, home, lock, try_lock
 from ddbench.method import DistillContext, Method, TeacherSpec
 from ddbench.pixels import dataset_identity
 from ddbench.plugins import METHODS
@@ -308,6 +308,7 @@ def distill(state: RunState, progress: ProgressFn = _no_progress) -> DistilledSe
     with lock(state.artifact_dir):
         if (found := _load_valid(state.artifact_dir)) is not None:
             return found  # another process assembled the same shards first
+        clean_stale(state.artifact_dir)  # a writer killed mid-save left its temporary folder
         result.save(state.artifact_dir)
     return result
 

@@ -117,6 +117,8 @@ class SRe2LConfig:
     log_every: int = 0
 
     def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.iterations < 1 or self.class_batch < 1:
             raise ValueError(f"iterations and class_batch must be >= 1, got {self.iterations}, {self.class_batch}")
         if self.jitter < 0 or self.relabel_views < 1:
@@ -416,12 +418,13 @@ class SRe2L(Method):
         losses = torch.stack([s["losses"].reshape(-1, 2, 2) for _, s in shards]).reshape(-1, 2, 2)
         correct = torch.cat([s["correct"] for _, s in shards])
         ce_first, ce_last = losses[:, :, 0].mean(0).tolist()
-        if ce_last > ce_first:
+        start_loss, end_loss = losses.sum(2).mean(0).tolist()
+        if end_loss > start_loss:
             ctx.logger.warning(
-                "recover loss rose: CE %.4g at the first iteration, %.4g at the last (mean over %d class-batches); "
-                "the learning rate (%g) is probably too high",
-                ce_first,
-                ce_last,
+                "recover loss rose: CE + BN %.4g at the first iteration, %.4g at the last (mean over %d "
+                "class-batches); the learning rate (%g) is probably too high",
+                start_loss,
+                end_loss,
                 len(losses),
                 cfg.lr,
             )

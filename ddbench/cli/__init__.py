@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a one-line argument error (Parser.error) already printed
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
@@ -98,6 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except user_errors() as exc:
         err_console.print(f"[bold red]error:[/] {escape(one_line(exc))}", soft_wrap=True, highlight=False)
+        return 2
+    except PermissionError as exc:  # a file ddbench must write is not writable
+        err_console.print(
+            f"[bold red]error:[/] cannot write {escape(str(exc.filename))} (permission denied); point DDBENCH_HOME "
+            "at a writable folder",
+            soft_wrap=True,
+            highlight=False,
+        )
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]; finished stages are kept and the same command resumes")

@@ -61,3 +61,15 @@ def positive(value: int, flag: str) -> int:
     if value < 1:
         raise UserError(f"{flag} must be a positive integer, got {value}")
     return value
+
+
+def writable_home() -> None:
+    """Commands that write artifacts say in one line, before any work, when ``$DDBENCH_HOME`` is read-only."""
+    from ddbench.io import home, writable
+
+    where = home()
+    if not writable(where):
+        raise UserError(
+            f"DDBENCH_HOME {where} is not writable and this command writes artifacts; point DDBENCH_HOME at a "
+            "writable folder (read-only commands such as `ddbench table` work as they are)"
+        )

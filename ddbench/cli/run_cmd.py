@@ -168,10 +168,12 @@ def execute_run(args: argparse.Namespace) -> int:
     from ddbench.cli import console
     from ddbench.cli.args import device as parse_device
     from ddbench.cli.args import profile as parse_profile
+    from ddbench.cli.args import writable_home
     from ddbench.config import parse_overrides
     from ddbench.pipeline import RunRequest, distill, prepare, record_run
     from ddbench.store import Store
 
+    writable_home()
     device = parse_device(args.device)
     profile = parse_profile(args.preset, device)
     request = RunRequest(
@@ -207,10 +209,12 @@ def execute_run(args: argparse.Namespace) -> int:
 def execute_eval(args: argparse.Namespace) -> int:
     from ddbench.cli import console
     from ddbench.cli.args import device as parse_device
+    from ddbench.cli.args import writable_home
     from ddbench.distilled import DistilledSet
     from ddbench.pipeline import find_run, load_request, prepare
     from ddbench.store import Store
 
+    writable_home()
     run_dir = find_run(args.run)
     request = load_request(run_dir)
     if args.device:

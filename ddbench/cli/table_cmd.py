@@ -66,7 +66,7 @@ def _tables(args: argparse.Namespace) -> list[tuple[str, str]]:
     from ddbench.tables import build_table, load_paper_numbers
 
     dataset = DATASETS.canonical(args.dataset)
-    store = Store(args.store)
+    store = Store(args.store, read_only=True)  # reading takes no lock and works on a read-only home
     if not store.path.is_file():
         raise UserError(f"no results store at {store.path}; run `ddbench run` first or pass --store")
     methods, archs = _csv(args.methods), _csv(args.archs)

@@ -36,6 +36,7 @@ def execute(args: argparse.Namespace) -> int:
     from ddbench.cli import console
     from ddbench.cli.args import device as parse_device
     from ddbench.cli.args import profile as parse_profile
+    from ddbench.cli.args import writable_home
     from ddbench.cli.run_cmd import rich_progress
     from ddbench.data import load_dataset
     from ddbench.method import TeacherSpec
@@ -43,6 +44,7 @@ def execute(args: argparse.Namespace) -> int:
     from ddbench.store import Store
     from ddbench.teachers import get_teacher, import_teacher
 
+    writable_home()
     device = parse_device(args.device)
     profile = parse_profile(args.preset, device)
     check_profile(profile, None)
