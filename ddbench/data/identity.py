@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -56,10 +57,12 @@ def fingerprint_files(root: Path, paths: Sequence[Path], *extra: object, stat_li
         h.update(f"stat-stride {stride}\0".encode())
     for item in extra:
         h.update(repr(item).encode() + b"\0")
+    prefix = str(root).rstrip(os.sep) + os.sep  # string slicing: Path.relative_to was 2/3 of the cost
     for i, p in enumerate(paths):
-        rel = p.relative_to(root).as_posix() if p.is_relative_to(root) else p.as_posix()
+        name = str(p)
+        rel = (name[len(prefix) :] if name.startswith(prefix) else name).replace(os.sep, "/")
         if i % stride == 0:
-            st = p.stat()
+            st = os.stat(name)
             h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
         else:
             h.update(f"{rel}\n".encode())
