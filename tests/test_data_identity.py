@@ -191,7 +191,7 @@ def test_check_ipc_short_classes() -> None:
         "digits: --ipc 123 is more than the 122 train images of class '8'; pass --allow-short-classes to run with "
         "fewer images for those classes"
     )
-    with pytest.raises(DatasetError, match=r"--ipc 125 is more than the 122 train images of class '8' \(and 1 more"):
+    with pytest.raises(DatasetError, match=r"than the 122 train images of class '8' \(and 1 more class\);"):
         check_ipc(ds, 125, allow_short_classes=False)
     assert check_ipc(ds, 125, allow_short_classes=True) == {"short_classes": {"2": 124, "8": 122}}
     assert check_ipc(ds.with_num_classes(3), 125, allow_short_classes=True) == {"short_classes": {"2": 124}}

@@ -63,7 +63,7 @@ def check_ipc(dataset: Dataset, ipc: int, *, allow_short_classes: bool) -> dict[
     short = {dataset.classes[c]: n for c, n in enumerate(counts) if n < ipc}
     if short and not allow_short_classes:
         (name, n), *others = sorted(short.items(), key=lambda kv: (kv[1], kv[0]))
-        more = f" (and {len(others)} more classes with fewer than {ipc})" if others else ""
+        more = f" (and {len(others)} more {'class' if len(others) == 1 else 'classes'})" if others else ""
         raise DatasetError(
             f"{dataset.id}: --ipc {ipc} is more than the {n} train images of class {name!r}{more}; "
             "pass --allow-short-classes to run with fewer images for those classes"

@@ -42,7 +42,9 @@ class Splits:
     train: ImageSource
     test: ImageSource
     classes: tuple[str, ...]
-    fingerprint: str = ""  # identifies the files read (for the tensor cache); empty disables caching
+    # Identifies the files read (see ddbench.data.identity): the tensor cache key and the base of
+    # Dataset.fingerprint. Empty: nothing is cached and the dataset is identified by its tensors.
+    fingerprint: str = ""
 
 
 @dataclass
@@ -65,7 +67,7 @@ class Dataset:
     files_fingerprint: str = ""
     derivation: tuple[str, ...] = ()
     _class_index: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
-    _content_fingerprint: str = field(default="", repr=False)
+    _content_fingerprint: str = field(default="", init=False, repr=False)
 
     # -- facts ------------------------------------------------------------------------------------------------
     @property
