@@ -8,20 +8,24 @@ from __future__ import annotations
 import gzip
 import logging
 import pickle
+import shutil
 import struct
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sklearn.datasets
 import torch
 from PIL import Image
+from torchvision import transforms
 
 from ddbench.data import (
     DATASETS,
     DatasetError,
     candidate_roots,
     cifar,
+    diagnose,
     folder,
     idx,
     imagenet,
@@ -272,20 +276,17 @@ def test_order_file_must_cover_every_image(tmp_path: Path) -> None:
         load_dataset("cifar10", data_root=tmp_path)
 
 
-def test_folder_with_wrong_class_names_is_not_cifar(tmp_path: Path) -> None:
+def test_folder_with_wrong_class_names_names_the_difference(tmp_path: Path) -> None:
     write_cifar10_folders(tmp_path)
     (tmp_path / "train" / "airplane").rename(tmp_path / "train" / "plane")
     with pytest.raises(DatasetError) as err:
         load_dataset("cifar10", data_root=tmp_path)
     msg = str(err.value)
-    assert "\n" not in msg
-    assert msg.startswith("cifar10: expected torchvision pickles cifar-10-batches-py/")
-    assert "class folders train/<class>/* and test/<class>/*" in msg
-    assert f"looked in {tmp_path}, {tmp_path / 'cifar-10-batches-py'}" in msg
-    assert "--download" in msg
-    # the shared checker names the difference precisely
-    with pytest.raises(DatasetError, match=r"train: missing class folders airplane; unexpected folders plane"):
-        folder.check_class_dirs(tmp_path / "train", CIFAR10_CLASSES, exact=True)
+    assert "\n" not in msg and "looked in" not in msg  # not the generic message: the tree was found
+    assert msg == (
+        f"cifar10: found an incomplete copy: {tmp_path / 'train'}: missing class folders airplane; unexpected "
+        f"folders plane (10 classes expected). {DATASETS.get('cifar10').how_to_get}"
+    )
 
 
 def test_folder_errors_empty_class_and_undecodable_image(tmp_path: Path) -> None:
@@ -503,10 +504,88 @@ def test_imagewoof_from_release_folder(tmp_path: Path) -> None:
     assert ds.train.all().shape == (20, 3, 224, 224)
 
 
-def test_subset_missing_a_class_is_not_found(tmp_path: Path) -> None:
+def test_subset_missing_a_class_names_it(tmp_path: Path) -> None:
     write_imagenet(tmp_path / "imagewoof2", list(IMAGEWOOF_WNIDS[:9]), sizes=((20, 20),))
-    with pytest.raises(DatasetError, match=r"imagewoof: expected ImageNet class folders train/<wnid>/.*imagewoof2"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"imagewoof: found an incomplete copy: {tmp_path / 'imagewoof2' / 'train'}: missing class folders "
+        rf"{IMAGEWOOF_WNIDS[9]} \(10 classes expected\)",
+    ):
         load_dataset("imagewoof", data_root=tmp_path)
+
+
+# -- test geometry: the official Resize + CenterCrop, pixel for pixel, on real photos -----------------------------
+SKLEARN_IMAGES = Path(sklearn.datasets.__file__).parent / "images"  # china.jpg, flower.jpg: 640×427 JPEG photos
+
+
+def torchvision_test(path: Path, resize: int, crop: int) -> torch.Tensor:
+    """The official evaluation transform (PIL, bilinear) as torchvision applies it, as uint8 CHW."""
+    with Image.open(path) as im:
+        out = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(crop)])(im.convert("RGB"))
+    return chw(np.asarray(out))
+
+
+def write_photo_tree(root: Path, wnids: tuple[str, ...]) -> tuple[Path, Path]:
+    """``root/{train,val}/<wnid>/``: the landscape JPEG (bytes as shipped) under wnids[0], a portrait PNG (the
+    other photo transposed, lossless) under wnids[1], a small constant image under every other wnid."""
+    landscape = root / "val" / wnids[0] / "china.jpg"
+    portrait = root / "val" / wnids[1] / "flower_portrait.png"
+    for split in ("train", "val"):
+        (root / split / wnids[0]).mkdir(parents=True, exist_ok=True)
+        (root / split / wnids[0] / "china.jpg").write_bytes((SKLEARN_IMAGES / "china.jpg").read_bytes())
+        with Image.open(SKLEARN_IMAGES / "flower.jpg") as im:
+            write_image(root / split / wnids[1] / "flower_portrait.png", np.asarray(im).transpose(1, 0, 2))
+        for w in wnids[2:]:
+            write_image(root / split / w / "x.png", np.full((30, 40, 3), 9, np.uint8))
+    return landscape, portrait
+
+
+def test_imagenette_test_split_is_torchvision_resize_centercrop(tmp_path: Path) -> None:
+    landscape, portrait = write_photo_tree(tmp_path / "imagenette2", IMAGENETTE_WNIDS)
+    ds = load_dataset("imagenette", data_root=tmp_path)  # the real loader path: locate, scan, decode, cache
+    assert ds.root == tmp_path / "imagenette2" and ds.spec.test_resize == 224
+    with Image.open(portrait) as im:
+        assert im.size == (427, 640)  # both orientations are exercised
+    # label 0 is IMAGENETTE_WNIDS[0] (the landscape photo), label 1 the portrait one
+    assert torch.equal(ds.test.all()[0], torchvision_test(landscape, 224, 224))  # IDC/Minimax: Resize(224)
+    assert torch.equal(ds.test.all()[1], torchvision_test(portrait, 224, 224))
+    # the train split keeps its geometry: short side to 224 with round(), crop offset floored
+    with Image.open(landscape) as im:
+        expected = np.asarray(im.convert("RGB").resize((336, 224), Image.BILINEAR).crop((56, 0, 280, 224)))
+    assert torch.equal(ds.train.all()[0], chw(expected))
+    assert not torch.equal(ds.train.all()[0], ds.test.all()[0])  # 336 vs torchvision's 335 columns: they differ
+
+
+def test_test_resize_256_matches_the_imagenet_transform(tmp_path: Path) -> None:
+    landscape, portrait = write_photo_tree(tmp_path, IMAGENETTE_WNIDS)
+    spec = replace(DATASETS.get("imagenette"), test_resize=256)
+    splits = imagenet.load(tmp_path, spec, False)
+    assert torch.equal(splits.test.all()[0], torchvision_test(landscape, 256, 224))
+    assert torch.equal(splits.test.all()[1], torchvision_test(portrait, 256, 224))
+    assert not torch.equal(torchvision_test(landscape, 256, 224), torchvision_test(landscape, 224, 224))
+    # and the old geometry (short side to 224 for every split) is not what the test split holds any more
+    old = folder.decode_files([landscape], 224, 3)[0]
+    assert not torch.equal(splits.test.all()[0], old)
+
+
+def test_imagenet_1k_streamed_test_images_are_resize256_centercrop224(tmp_path: Path) -> None:
+    wnids = ("n01000000", "n02000000")
+    landscape, portrait = write_photo_tree(tmp_path / "imagenet", wnids)
+    ds = load_dataset("imagenet-1k", data_root=tmp_path)
+    assert isinstance(ds.test, FileSource) and ds.test.resize == 256 and ds.train.resize == 0
+    assert torch.equal(ds.test.load([0])[0], torchvision_test(landscape, 256, 224))
+    assert torch.equal(ds.test.load([1])[0], torchvision_test(portrait, 256, 224))
+    assert torch.equal(ds.train.load([0])[0], folder.decode_files([landscape], 224, 3)[0])
+
+
+def test_caches_of_the_old_test_geometry_are_not_reused(tmp_path: Path, _isolated_home: Path) -> None:
+    write_photo_tree(tmp_path / "imagenette2", IMAGENETTE_WNIDS)
+    spec = DATASETS.get("imagenette")
+    root = tmp_path / "imagenette2"
+    new_key = imagenet.fingerprint(root, spec)
+    assert new_key != imagenet.fingerprint(root, replace(spec, test_resize=0))  # the key the old code used
+    load_dataset("imagenette", data_root=tmp_path)
+    assert [p.name for p in (_isolated_home / "datasets").glob("*.pt")] == [f"imagenette-{new_key}.pt"]
 
 
 # -- missing data: every dataset says what, where and how ---------------------------------------------------------
@@ -524,6 +603,123 @@ def test_missing_dataset_message(name: str, tmp_path: Path, monkeypatch: pytest.
         + ", ".join(str(p) for p in [tmp_path, *(tmp_path / f for f in spec.folder_names)])
         + f". {spec.how_to_get}"
     )
+
+
+# -- a layout found but incomplete: the error names the missing piece ---------------------------------------------
+def incomplete_error(name: str, root: Path) -> str:
+    """The one-line message of loading ``name`` from ``root``, which must be the partial-copy message."""
+    with pytest.raises(DatasetError) as err:
+        load_dataset(name, data_root=root)
+    msg = str(err.value)
+    assert "\n" not in msg and "looked in" not in msg
+    prefix = f"{DATASETS.get(name).id}: found an incomplete copy: "
+    suffix = f". {DATASETS.get(name).how_to_get}"
+    assert msg.startswith(prefix) and msg.endswith(suffix), msg
+    return msg[len(prefix) : -len(suffix)]
+
+
+def test_cifar_pickles_without_test_batch(tmp_path: Path) -> None:
+    write_cifar10_pickles(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    assert incomplete_error("cifar10", tmp_path) == (
+        f"{tmp_path / 'cifar-10-batches-py'} holds CIFAR pickles (data_batch_1, data_batch_2, data_batch_3 "
+        "(+3 more)) but not test_batch"
+    )
+
+
+def test_cifar100_pickles_without_meta(tmp_path: Path) -> None:
+    d = tmp_path / "cifar-100-python"
+    for split in ("train", "test"):
+        write_pickle(d / split, {b"data": np.zeros((1, 3072), np.uint8), b"fine_labels": [0]})
+    assert incomplete_error("cifar100", tmp_path) == f"{d} holds CIFAR pickles (train, test) but not meta"
+
+
+def test_cifar_folders_without_test_or_train(tmp_path: Path) -> None:
+    write_folder_split(tmp_path, "train", CIFAR10_CLASSES, ["a.png"], seed=0)
+    assert (
+        incomplete_error("cifar10", tmp_path) == f"{tmp_path} has train/ but no test/ or val/ folder (the test split)"
+    )
+    (tmp_path / "train").rename(tmp_path / "test")
+    assert incomplete_error("cifar10", tmp_path) == f"{tmp_path} has test/ but no train/ folder"
+
+
+def test_cifar_folders_missing_a_test_class(tmp_path: Path) -> None:
+    write_cifar10_folders(tmp_path)
+    for f in (tmp_path / "test" / "truck").iterdir():
+        f.unlink()
+    (tmp_path / "test" / "truck").rmdir()
+    assert incomplete_error("cifar10", tmp_path) == (
+        f"{tmp_path / 'test'}: missing class folders truck (10 classes expected)"
+    )
+
+
+def test_tiny_imagenet_partial_trees(tmp_path: Path) -> None:
+    spec = DATASETS.get("tiny")
+    root = tmp_path / "tiny-imagenet-200"
+    write_tiny(root, list(spec.classes), per_class=1)
+    shutil.rmtree(root / "val")
+    assert incomplete_error("tiny", tmp_path) == (
+        f"{root} has no val/ folder (val/images/*.JPEG labelled by val/val_annotations.txt, the test split)"
+    )
+    shutil.rmtree(root / "train" / spec.classes[7])
+    assert incomplete_error("tiny", tmp_path) == (
+        f"{root / 'train'}: missing class folders {spec.classes[7]} (200 classes expected)"
+    )
+    shutil.rmtree(root / "train")
+    assert incomplete_error("tiny", tmp_path) == f"{root} has no train/ folder (train/<wnid>/images/*.JPEG)"
+
+
+def test_imagenet_1k_partial_trees(tmp_path: Path) -> None:
+    root = tmp_path / "ILSVRC2012"
+    write_imagenet(root, ["n01000000", "n02000000"], sizes=((20, 20),))
+    shutil.rmtree(root / "val")
+    assert incomplete_error("imagenet-1k", tmp_path) == (
+        f"{root} has train/<wnid>/ folders but no val/ folder (val/<wnid>/*.JPEG, the test split)"
+    )
+    write_imagenet(root, ["n01000000"], sizes=((20, 20),))
+    shutil.rmtree(root / "train")
+    assert incomplete_error("imagenet-1k", tmp_path) == f"{root} has val/ but no train/<wnid>/ folders"
+
+
+def test_imagenet_subset_with_flat_val(tmp_path: Path) -> None:
+    root = tmp_path / "imagenette2"
+    write_imagenet(root, list(IMAGENETTE_WNIDS), sizes=((20, 20),))
+    for w in IMAGENETTE_WNIDS:
+        shutil.rmtree(root / "val" / w)
+    write_image(root / "val" / "ILSVRC2012_val_00000001.JPEG", np.zeros((8, 8, 3), np.uint8))
+    assert incomplete_error("imagenette", tmp_path).startswith(
+        f"{root / 'val'} holds images directly but no class folders; expected one folder per class (n01440764"
+    )
+
+
+def test_idx_without_test_labels(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    write_mnist(raw)
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    assert incomplete_error("mnist", tmp_path) == (
+        f"{raw} holds train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte but not "
+        "t10k-labels-idx1-ubyte (each plain or .gz)"
+    )
+
+
+def test_partial_copy_does_not_hide_a_complete_one(tmp_path: Path) -> None:
+    """A partial tree at an earlier candidate root is skipped when a later one is complete."""
+    write_folder_split(tmp_path, "train", CIFAR10_CLASSES, ["a.png"], seed=0)  # <root>/train only: partial
+    data = write_cifar10_pickles(tmp_path)  # <root>/cifar-10-batches-py: complete
+    ds = load_dataset("cifar10", data_root=tmp_path)
+    assert ds.root == tmp_path / "cifar-10-batches-py" and ds.test.labels.tolist() == data["test_y"].tolist()
+    assert diagnose(DATASETS.get("cifar10"), tmp_path) == [
+        f"{tmp_path} has train/ but no test/ or val/ folder (the test split)"
+    ]
+
+
+def test_unrelated_folders_are_not_partial_copies(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "train").mkdir()  # a train/ folder alone is a partial class-folder tree, but not Tiny or ImageNet
+    write_image(tmp_path / "notes.png", np.zeros((4, 4, 3), np.uint8))
+    assert folder.incomplete_folders(tmp_path / "docs", CIFAR10_CLASSES) is None
+    for name in ("tiny", "imagenet-1k", "imagenette", "mnist"):
+        assert diagnose(DATASETS.get(name), tmp_path) == [], name
 
 
 # -- dataset operations ----------------------------------------------------------------------------------------------

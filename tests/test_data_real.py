@@ -12,7 +12,9 @@ deleted at the end of the session, so no 100k-file tree is left for later pytest
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -24,7 +26,7 @@ import torch
 from conftest import shared_data
 from PIL import Image
 
-from ddbench.data import DATASETS, Dataset, cifar, folder, load_dataset
+from ddbench.data import DATASETS, Dataset, cifar, folder, load_dataset, tiny_imagenet
 from ddbench.data.catalog import CIFAR10_CLASSES
 
 pytestmark = pytest.mark.data
@@ -195,6 +197,43 @@ def test_tiny_imagenet_val_labels_and_grayscale(tiny: Dataset) -> None:
     assert torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])
     with Image.open(tiny.root / "val" / "images" / names[gray]) as im:
         assert torch.equal(img[0], torch.from_numpy(np.array(im)))
+
+
+# -- identity and counts on the real copies ---------------------------------------------------------------------------
+def test_cifar10_fingerprint_same_from_cache_other_for_a_smaller_copy(
+    cifar_test: Dataset,
+    cifar_root: Path,
+    session_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with monkeypatch.context() as mp, caplog.at_level(logging.WARNING, logger="ddbench.data.checks"):
+        mp.setenv("DDBENCH_HOME", str(session_home))  # where the session fixture's load left its tensor cache
+        mp.setattr(cifar, "load", None)  # so the files cannot be decoded again: the cache must serve them
+        again = load_dataset("cifar10", data_root=cifar_root)
+    assert again.fingerprint == cifar_test.fingerprint and again.identity() == cifar_test.identity()
+    assert f"cifar10: 50 train images at {cifar_root}, but the release has 50000" in caplog.text
+    assert "test images" not in caplog.text  # the full 10,000-image test split matches the spec
+    smaller = tmp_path / "cifar10"
+    shutil.copytree(cifar_root / "train", smaller / "train")
+    shutil.copytree(cifar_root / "test", smaller / "test")
+    (smaller / "test" / "cat" / "0000.jpg").unlink()
+    other = load_dataset("cifar10", data_root=smaller)
+    assert other.fingerprint != cifar_test.fingerprint and other.identity()["num_test"] == 9999
+
+
+def test_tiny_imagenet_partial_copy_warns_and_is_identified(
+    tiny: Dataset, session_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert tiny.root is not None
+    monkeypatch.setenv("DDBENCH_HOME", str(session_home))
+    monkeypatch.setattr(tiny_imagenet, "load", None)
+    with caplog.at_level(logging.WARNING, logger="ddbench.data.checks"):
+        again = load_dataset("tiny-imagenet", data_root=tiny.root.parent)
+    assert again.fingerprint == tiny.fingerprint
+    assert f"tiny-imagenet: 600 train images at {tiny.root}, but the release has 100000" in caplog.text
+    assert tiny.identity()["num_train"] == 600 and tiny.identity()["num_test"] == 10000
 
 
 # -- Fashion-MNIST (Debian's dataset-fashion-mnist) -------------------------------------------------------------------

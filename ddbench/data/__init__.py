@@ -16,7 +16,7 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset", base_cls=DatasetSpec)
 for _spec in SPECS:
     DATASETS.register(_spec.id, _spec, aliases=_spec.aliases, origin="builtin")
 
-_LAZY = {"Dataset", "Splits", "load_dataset", "locate", "candidate_roots"}
+_LAZY = {"Dataset", "Splits", "load_dataset", "locate", "candidate_roots", "diagnose"}
 
 
 def __getattr__(name: str) -> Any:
@@ -24,6 +24,10 @@ def __getattr__(name: str) -> Any:
         from ddbench.data import dataset
 
         return getattr(dataset, name)
+    if name == "check_ipc":
+        from ddbench.data.checks import check_ipc
+
+        return check_ipc
     raise AttributeError(f"module 'ddbench.data' has no attribute {name!r}")
 
 
@@ -34,7 +38,9 @@ __all__ = [
     "DatasetSpec",
     "Splits",
     "candidate_roots",
+    "check_ipc",
     "class_order_hash",
+    "diagnose",
     "load_dataset",
     "locate",
 ]

@@ -77,12 +77,15 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def _imagenet_subset(id_: str, wnids: tuple[str, ...], release_dirs: tuple[str, ...]) -> DatasetSpec:
     """A 10-class ImageNet subset, read from a full ImageNet-1K tree or from the subset's own release folder.
 
-    224 px, the evaluation size of IDC and Minimax (Resize(224) + CenterCrop(224)), which is what
-    ``source.decode_image`` produces. In memory (about 2 GB of uint8 for ~13k train images, built once in parallel
-    and then loaded from the tensor cache): streaming would decode every full-size JPEG again in every epoch,
-    which dominates teacher training and evaluation on 10 classes. ImageNet folders are probed before release
-    folders because the papers use ImageNet's own train/val images (the fast.ai releases hold fewer);
-    ``num_train`` is 0 because it depends on which of the two is found.
+    224 px. Test images go through torchvision's ``Resize(224)`` + ``CenterCrop(224)``: the test transform of
+    IDC's and Minimax's code (``transform_imagenet(size=224)`` in their ``data.py``; ``--size`` defaults to 224), under
+    which the subsets' published numbers were measured. ImageNet-1K's ``Resize(256)`` is what that code applies when
+    ``--size`` is unset, i.e. to full ImageNet; a subset spec with ``test_resize=256`` gives it. In memory (about 2 GB
+    of uint8 for ~13k train images, built once in parallel and then loaded from the tensor cache): streaming would
+    decode every full-size JPEG again in every epoch, which dominates teacher training and evaluation on 10 classes.
+    ImageNet folders are probed before release folders because the papers use ImageNet's own train/val images (the
+    fast.ai releases hold fewer); ``num_train`` and ``num_test`` are 0 because they depend on which of the two is
+    found.
     """
     release = f"fast.ai's {release_dirs[0]} release or " if id_ != "imageidc" else ""
     return DatasetSpec(
@@ -99,6 +102,8 @@ def _imagenet_subset(id_: str, wnids: tuple[str, ...], release_dirs: tuple[str, 
         how_to_get=f"Point --data-root at {release}an ImageNet-1K folder with train/<wnid>/ and val/<wnid>/.",
         in_memory=True,
         num_train=0,
+        num_test=0,
+        test_resize=224,
     )
 
 
@@ -115,6 +120,7 @@ SPECS: tuple[DatasetSpec, ...] = (
         loader="ddbench.data.digits",
         how_to_get="Bundled with scikit-learn; nothing to download.",
         num_train=1258,
+        num_test=539,  # the seeded 70/30 split of digits.py
     ),
     DatasetSpec(
         id="mnist",
@@ -129,6 +135,7 @@ SPECS: tuple[DatasetSpec, ...] = (
         folder_names=("MNIST/raw", "MNIST", "mnist"),
         how_to_get="Run with --download, or place train-images-idx3-ubyte(.gz) and friends in <root>/MNIST/raw.",
         num_train=60000,
+        num_test=10000,
     ),
     DatasetSpec(
         id="fashion-mnist",
@@ -143,6 +150,7 @@ SPECS: tuple[DatasetSpec, ...] = (
         folder_names=("FashionMNIST/raw", "FashionMNIST", "fashion-mnist"),
         how_to_get="apt-get install dataset-fashion-mnist, run with --download, or pass --data-root.",
         num_train=60000,
+        num_test=10000,
         aliases=("fmnist",),
     ),
     DatasetSpec(
@@ -158,6 +166,7 @@ SPECS: tuple[DatasetSpec, ...] = (
         folder_names=("cifar-10-batches-py", "cifar10", "CIFAR-10-images"),
         how_to_get="Run with --download (torchvision), or unzip the train/<class>/ test/<class>/ folders.",
         num_train=50000,
+        num_test=10000,
         aliases=("cifar-10",),
     ),
     DatasetSpec(
@@ -173,6 +182,7 @@ SPECS: tuple[DatasetSpec, ...] = (
         folder_names=("cifar-100-python", "cifar100"),
         how_to_get="Run with --download (torchvision), or place cifar-100-python/ under --data-root.",
         num_train=50000,
+        num_test=10000,
         aliases=("cifar-100",),
     ),
     DatasetSpec(
@@ -188,6 +198,7 @@ SPECS: tuple[DatasetSpec, ...] = (
         folder_names=("tiny-imagenet-200",),
         how_to_get="Download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it under --data-root.",
         num_train=100000,
+        num_test=10000,  # val: the release's test split has no labels
         aliases=("tinyimagenet", "tiny"),
     ),
     DatasetSpec(
@@ -204,6 +215,8 @@ SPECS: tuple[DatasetSpec, ...] = (
         how_to_get="Get ILSVRC2012 from image-net.org and arrange train/<wnid>/ and val/<wnid>/ folders.",
         in_memory=False,
         num_train=1281167,
+        num_test=50000,
+        test_resize=256,  # Resize(256) + CenterCrop(224): SRe2L/DWA code and torchvision's reference
         aliases=("imagenet", "imagenet1k"),
     ),
     _imagenet_subset("imagenette", IMAGENETTE_WNIDS, ("imagenette2", "imagenette2-320", "imagenette")),

@@ -27,6 +27,7 @@ import torch
 
 from ddbench.data import folder
 from ddbench.data.dataset import Splits
+from ddbench.data.identity import fingerprint_files
 from ddbench.data.source import TensorSource
 from ddbench.data.spec import DatasetError, DatasetSpec
 
@@ -129,8 +130,19 @@ def fingerprint(root: Path, spec: DatasetSpec) -> str:
     pdir = _pickle_dir(root, spec)
     if pdir is not None:
         layout = PICKLES[spec.id]
-        return folder.fingerprint_files(pdir, [pdir / f for f in layout.files], "pickle", spec.classes)
+        return fingerprint_files(pdir, [pdir / f for f in layout.files], "pickle", spec.classes)
     return folder.fingerprint_folders(root, spec, spec.classes)
+
+
+def incomplete(path: Path, spec: DatasetSpec) -> str | None:
+    """What a partial copy at ``path`` lacks: some of the release's pickles, or split or class folders."""
+    assert spec.classes is not None
+    layout = PICKLES[spec.id]
+    present = [f for f in layout.files if (path / f).is_file()]
+    if present and len(present) < len(layout.files):
+        missing = [f for f in layout.files if f not in present]
+        return f"{path} holds CIFAR pickles ({folder.preview(present, 3)}) but not {', '.join(missing)}"
+    return folder.incomplete_folders(path, spec.classes)
 
 
 def _read_batches(pdir: Path, names: tuple[str, ...], layout: PickleLayout) -> TensorSource:

@@ -4,10 +4,14 @@ A format module (``ddbench.data.digits``, ``.cifar``, ``.idx``, ``.tiny_imagenet
 provides two functions:
 
 * ``detect(path: Path, spec) -> bool``: does ``path`` hold this dataset in this format?
-* ``load(path: Path | None, spec, download: bool) -> Splits``: read it.
+* ``load(path: Path | None, spec, download: bool) -> Splits``: read it; ``Splits.fingerprint`` identifies the
+  files read (see :mod:`ddbench.data.identity`).
 
-and optionally ``search_paths(spec) -> list[Path]`` of system locations (Debian's fashion-mnist). The spec's
-``loader`` names the module. Roots are searched in this order: ``--data-root``, ``$DDBENCH_DATA``, the module's
+and optionally ``fingerprint(path, spec) -> str``, the same value computed without decoding (the tensor cache key
+of in-memory specs), ``incomplete(path, spec) -> str | None``, naming what a partial copy of the layout at
+``path`` lacks (so a user hears "no test_batch" rather than the generic "expected …; looked in …"), and
+``search_paths(spec) -> list[Path]`` of system locations (Debian's fashion-mnist). The spec's ``loader`` names
+the module. Roots are searched in this order: ``--data-root``, ``$DDBENCH_DATA``, the module's
 system paths; under each root, the root itself and then each of the spec's ``folder_names``.
 """
 
@@ -22,6 +26,8 @@ from types import ModuleType
 
 import torch
 
+from ddbench.data.checks import check_counts
+from ddbench.data.identity import fingerprint_dataset, fingerprint_sources
 from ddbench.data.source import ImageSource, SubsetSource, TensorSource
 from ddbench.data.spec import DatasetError, DatasetSpec, class_order_hash
 from ddbench.io import atomic_file, home, lock
@@ -36,7 +42,9 @@ class Splits:
     train: ImageSource
     test: ImageSource
     classes: tuple[str, ...]
-    fingerprint: str = ""  # identifies the files read (for the tensor cache); empty disables caching
+    # Identifies the files read (see ddbench.data.identity): the tensor cache key and the base of
+    # Dataset.fingerprint. Empty: nothing is cached and the dataset is identified by its tensors.
+    fingerprint: str = ""
 
 
 @dataclass
@@ -45,6 +53,10 @@ class Dataset:
 
     ``val`` is a deterministic hold-out carved from train (see :meth:`with_holdout`); the test split is for the
     final number only and never chooses anything.
+
+    ``files_fingerprint`` identifies the files the splits were read from (empty for a dataset built by hand, which
+    is then identified by its tensors); ``derivation`` lists the steps that made this dataset from the loaded one
+    (``num_classes=3``, ``holdout=5,seed=0``). Both feed :attr:`fingerprint`.
     """
 
     spec: DatasetSpec
@@ -52,7 +64,10 @@ class Dataset:
     test: ImageSource
     root: Path | None = None
     val: ImageSource | None = None
+    files_fingerprint: str = ""
+    derivation: tuple[str, ...] = ()
     _class_index: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _content_fingerprint: str = field(default="", init=False, repr=False)
 
     # -- facts ------------------------------------------------------------------------------------------------
     @property
@@ -79,6 +94,49 @@ class Dataset:
     @property
     def channels(self) -> int:
         return self.spec.channels
+
+    # -- identity ---------------------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the images this dataset holds (16 hex characters); put it in run ids and teacher keys.
+
+        The files' fingerprint (paths, sizes, mtimes, order, labels and decode parameters) hashed together with
+        the split sizes, the class-order hash and the derivation, so the same command on another copy of the data
+        (other files, other counts), another ``--num-classes`` or another hold-out gets another value, while the
+        same files read again, from the tensor cache or from a moved copy, get the same one. Computing it again
+        costs a hash of a few hundred bytes; the file pass was paid by the load.
+        """
+        return fingerprint_dataset(self.files_fingerprint or self._tensor_fingerprint(), self._facts())
+
+    def identity(self) -> dict[str, object]:
+        """What a record stores about the data it came from.
+
+        ``root`` says where the data was found, for people; keys should use ``fingerprint``, which does not change
+        when the folder moves.
+        """
+        return {
+            "dataset": self.id,
+            "fingerprint": self.fingerprint,
+            "root": str(self.root) if self.root is not None else None,
+            **self._facts(),
+        }
+
+    def _facts(self) -> dict[str, object]:
+        return {
+            "dataset": self.id,
+            "class_hash": self.class_hash,
+            "num_classes": self.num_classes,
+            "num_train": len(self.train),
+            "num_val": len(self.val) if self.val is not None else 0,
+            "num_test": len(self.test),
+            "derivation": list(self.derivation),
+        }
+
+    def _tensor_fingerprint(self) -> str:
+        if not self._content_fingerprint:
+            splits = [self.train, self.test] + ([self.val] if self.val is not None else [])
+            self._content_fingerprint = fingerprint_sources(splits, "hand-built")
+        return self._content_fingerprint
 
     # -- per-class access -------------------------------------------------------------------------------------
     def class_indices(self, c: int) -> torch.Tensor:
@@ -126,7 +184,8 @@ class Dataset:
             return SubsetSource(src, torch.nonzero(src.labels < n).flatten())
 
         val = keep(self.val) if self.val is not None else None
-        return Dataset(spec, keep(self.train), keep(self.test), self.root, val)
+        derivation = (*self.derivation, f"num_classes={n}")
+        return Dataset(spec, keep(self.train), keep(self.test), self.root, val, self.files_fingerprint, derivation)
 
     def with_holdout(self, per_class: int, seed: int = 0) -> Dataset:
         """Move ``per_class`` train images of every class into ``val``, chosen by ``seed``, deterministically.
@@ -144,7 +203,8 @@ class Dataset:
             train_idx.append(perm[per_class:])
         train = SubsetSource(self.train, torch.cat(train_idx).sort().values)
         val = SubsetSource(self.train, torch.cat(val_idx).sort().values)
-        return Dataset(self.spec, train, self.test, self.root, val)
+        derivation = (*self.derivation, f"holdout={per_class},seed={seed}")
+        return Dataset(self.spec, train, self.test, self.root, val, self.files_fingerprint, derivation)
 
 
 # -- locating and loading ---------------------------------------------------------------------------------------
@@ -182,6 +242,23 @@ def locate(spec: DatasetSpec, data_root: str | Path | None = None) -> Path | Non
         except OSError:
             continue
     return None
+
+
+def diagnose(spec: DatasetSpec, data_root: str | Path | None = None) -> list[str]:
+    """For each candidate root holding a partial copy of the dataset's layout, one line naming what it lacks."""
+    module = _format_module(spec)
+    incomplete = getattr(module, "incomplete", None)
+    if incomplete is None:
+        return []
+    found = []
+    for path in candidate_roots(spec, data_root):
+        try:
+            why = incomplete(path, spec) if path.is_dir() else None
+        except OSError:
+            continue
+        if why:
+            found.append(why)
+    return found
 
 
 def _cache_path(spec: DatasetSpec, fingerprint: str) -> Path:
@@ -223,8 +300,11 @@ def load_dataset(
 ) -> Dataset:
     """Load a registered dataset by name; the entry point every command uses.
 
+    The train/test counts are checked against the spec (a loud warning naming both counts when they differ).
+
     Raises:
-        DatasetError: with one line naming the expected layout, the places searched and how to get the data.
+        DatasetError: with one line: what a partial copy that was found lacks, or, when nothing was found, the
+            expected layout and the places searched; and how to get the data.
     """
     from ddbench.data import DATASETS
 
@@ -235,12 +315,15 @@ def load_dataset(
         if download and hasattr(module, "download"):
             root = module.download(Path(data_root or os.environ.get("DDBENCH_DATA") or home() / "data"), spec)
         else:
+            partial = diagnose(spec, data_root)
+            if partial:
+                raise DatasetError(f"{spec.id}: found an incomplete copy: {'; '.join(partial)}. {spec.how_to_get}")
             where = ", ".join(str(p) for p in candidate_roots(spec, data_root)) or "(no --data-root or $DDBENCH_DATA)"
             raise DatasetError(
                 f"{spec.id}: expected {getattr(module, 'LAYOUT', 'its files')}; looked in {where}. {spec.how_to_get}"
             )
-    fingerprint = getattr(module, "fingerprint", lambda p, s: "")(root, spec) if spec.in_memory else ""
-    splits = _load_cached(spec, fingerprint) if fingerprint else None
+    cache_key = module.fingerprint(root, spec) if spec.in_memory and hasattr(module, "fingerprint") else ""
+    splits = _load_cached(spec, cache_key) if cache_key else None
     if splits is None:
         splits = module.load(root, spec, download)
         if spec.in_memory and not isinstance(splits.train, TensorSource):
@@ -257,6 +340,7 @@ def load_dataset(
             f"{spec.id}: the files at {root} list classes in a different order than the spec "
             f"(hash {class_order_hash(splits.classes)} != {spec.class_hash}); refusing to mix class orders"
         )
+    check_counts(spec, len(splits.train), len(splits.test), root)
     spec = replace(spec, classes=tuple(splits.classes))
-    ds = Dataset(spec, splits.train, splits.test, root)
+    ds = Dataset(spec, splits.train, splits.test, root, files_fingerprint=splits.fingerprint)
     return ds.with_num_classes(num_classes)

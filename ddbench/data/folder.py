@@ -15,6 +15,9 @@ Order of images within a split (it matters: "the first k images of a class" and 
 
 Labels always come from the class folder, never from the order file, so a wrong order file cannot mislabel.
 
+The test split is decoded with the spec's test geometry (``test_resize``: ImageNet's ``Resize(256)`` +
+``CenterCrop(224)``), the train split with the plain one; see :func:`ddbench.data.source.decode_image`.
+
 No generic ``folder`` dataset is registered: a spec needs a fixed class list, image size and mean/std, which a
 user's arbitrary folder does not carry. Format modules call :func:`load_folders` with their spec instead.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 
 from ddbench.data.dataset import Splits
+from ddbench.data.identity import STREAM_STAT_LIMIT, fingerprint_files
 from ddbench.data.source import FileSource, ImageSource, TensorSource, decode_image
 from ddbench.data.spec import DatasetError, DatasetSpec
 
@@ -42,8 +47,8 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
 TEST_DIRS = ("test", "val")
 ORDER_FILE = "{split}.order.txt"
-# Bump when decoding or ordering changes, so tensor caches built by older code are not reused.
-CACHE_VERSION = 1
+# ImageNet's WordNet ids, the class folder names of ImageNet-1K, its subsets and Tiny-ImageNet.
+WNID = re.compile(r"n\d{8}")
 
 
 @dataclass(frozen=True)
@@ -190,34 +195,59 @@ def has_folders(
     )
 
 
-# -- fingerprint, decoding, sources --------------------------------------------------------------------------------
-def fingerprint_files(root: Path, paths: Iterable[Path], *extra: object) -> str:
-    """Identify the files a load reads, for the tensor cache key.
+def incomplete_folders(
+    root: Path, classes: Sequence[str], *, exact: bool = True, test_dirs: Sequence[str] = TEST_DIRS
+) -> str | None:
+    """What a class-folder tree at ``root`` lacks, for the error of a layout found but incomplete.
 
-    Hashes each file's path relative to ``root``, size and mtime (content hashing would cost more than the cache
-    saves), the order of the paths, and ``extra`` (class order, decode size, channels), so any change to what
-    would be decoded gives a new key. Moving the dataset folder keeps the key.
+    None when ``root`` holds neither ``train/`` nor a test folder (not this layout at all) or when the folders are
+    complete (then :func:`has_folders` is true and the loader reports anything finer, such as an empty class).
     """
-    h = hashlib.sha256(f"ddbench-files-v{CACHE_VERSION}".encode())
-    for item in extra:
-        h.update(repr(item).encode() + b"\0")
-    for p in paths:
-        st = p.stat()
-        rel = p.relative_to(root).as_posix() if p.is_relative_to(root) else p.as_posix()
-        h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+    train, test_dir = root / "train", find_split_dir(root, test_dirs)
+    tests = " or ".join(f"{d}/" for d in test_dirs)
+    if not train.is_dir() and test_dir is None:
+        return None
+    if not train.is_dir():
+        assert test_dir is not None
+        return f"{root} has {test_dir.name}/ but no train/ folder"
+    if test_dir is None:
+        return f"{root} has train/ but no {tests} folder (the test split)"
+    for split_dir in (train, test_dir):
+        try:
+            check_class_dirs(split_dir, classes, exact)
+        except DatasetError as exc:
+            return str(exc)
+    return None
+
+
+# -- fingerprint, decoding, sources --------------------------------------------------------------------------------
+def decode_key(spec: DatasetSpec) -> tuple[object, ...]:
+    """What, besides the files, decides the decoded pixels: size, channels and the test geometry.
+
+    ``test_resize`` enters only when set, so the keys of datasets whose decoding did not change when it was
+    introduced (CIFAR folders, Tiny-ImageNet) stay those of their existing tensor caches, while ImageNet caches
+    built with the old test geometry are not reused.
+    """
+    return (spec.img_size, spec.channels, *((("test_resize", spec.test_resize),) if spec.test_resize else ()))
 
 
 def fingerprint_lists(root: Path, spec: DatasetSpec, classes: Sequence[str], *lists: FileList) -> str:
-    """:func:`fingerprint_files` over split file lists for ``spec``: files, their order, split sizes and labels.
+    """:func:`~ddbench.data.identity.fingerprint_files` over split file lists for ``spec``.
 
-    Labels are hashed too because some come from a file's content rather than its path (Tiny-ImageNet's
-    ``val_annotations.txt``).
+    Covers the files, their order, split sizes, labels and :func:`decode_key`. Labels are hashed too because some
+    come from a file's content rather than its path (Tiny-ImageNet's ``val_annotations.txt``). Streaming specs
+    stat a sample of the files only (``STREAM_STAT_LIMIT``).
     """
     paths = [p for fl in lists for p in fl.paths]
     labels = hashlib.sha256(np.asarray([lab for fl in lists for lab in fl.labels], dtype=np.int64).tobytes())
     return fingerprint_files(
-        root, paths, tuple(classes), [len(fl) for fl in lists], labels.hexdigest(), spec.img_size, spec.channels
+        root,
+        paths,
+        tuple(classes),
+        [len(fl) for fl in lists],
+        labels.hexdigest(),
+        *decode_key(spec),
+        stat_limit=0 if spec.in_memory else STREAM_STAT_LIMIT,
     )
 
 
@@ -230,11 +260,14 @@ def decode_threads() -> int:
     return max(1, min(n, 32))
 
 
-def decode_files(paths: Sequence[Path], size: int, channels: int, threads: int | None = None) -> torch.Tensor:
+def decode_files(
+    paths: Sequence[Path], size: int, channels: int, threads: int | None = None, resize: int = 0
+) -> torch.Tensor:
     """Decode image files into one uint8 ``[N, C, size, size]`` tensor, in parallel.
 
-    Each image goes through :func:`ddbench.data.source.decode_image` (the one decode path, streamed or not), and
-    is written straight into a preallocated array, so peak memory is the result plus one image per thread.
+    Each image goes through :func:`ddbench.data.source.decode_image` (the one decode path, streamed or not; ``resize``
+    selects its test geometry), and is written straight into a preallocated array, so peak memory is the result
+    plus one image per thread.
 
     Raises:
         DatasetError: naming the file that cannot be decoded.
@@ -247,7 +280,7 @@ def decode_files(paths: Sequence[Path], size: int, channels: int, threads: int |
     def work(lo: int) -> None:
         for i in range(lo, min(lo + chunk, n)):
             try:
-                out[i] = decode_image(paths[i], size, channels).transpose(2, 0, 1)
+                out[i] = decode_image(paths[i], size, channels, resize).transpose(2, 0, 1)
             except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three for broken files
                 raise DatasetError(f"cannot decode image {paths[i]}: {exc}") from exc
 
@@ -260,12 +293,16 @@ def decode_files(paths: Sequence[Path], size: int, channels: int, threads: int |
     return torch.from_numpy(out)
 
 
-def to_source(files: FileList, spec: DatasetSpec) -> ImageSource:
-    """A decoded :class:`TensorSource` for in-memory specs, a streaming :class:`FileSource` otherwise."""
+def to_source(files: FileList, spec: DatasetSpec, *, test: bool = False) -> ImageSource:
+    """A decoded :class:`TensorSource` for in-memory specs, a streaming :class:`FileSource` otherwise.
+
+    ``test``: decode with the spec's test geometry (``test_resize``), see :func:`~ddbench.data.source.decode_image`.
+    """
     labels = torch.as_tensor(files.labels, dtype=torch.long)
+    resize = spec.test_resize if test else 0
     if spec.in_memory:
-        return TensorSource(decode_files(files.paths, spec.img_size, spec.channels), labels)
-    return FileSource(files.paths, labels, spec.img_size, spec.channels)
+        return TensorSource(decode_files(files.paths, spec.img_size, spec.channels, resize=resize), labels)
+    return FileSource(files.paths, labels, spec.img_size, spec.channels, resize)
 
 
 def load_folders(
@@ -278,9 +315,9 @@ def load_folders(
 ) -> Splits:
     """Read a class-folder tree into :class:`Splits`: the one loader behind every folder-based format."""
     train, test = scan_folders(root, classes, exact=exact, test_dirs=test_dirs)
-    fingerprint = fingerprint_lists(root, spec, classes, train, test) if spec.in_memory else ""
+    fingerprint = fingerprint_lists(root, spec, classes, train, test)
     logger.info("%s: %d train / %d test images in %d classes at %s", spec.id, len(train), len(test), len(classes), root)
-    return Splits(to_source(train, spec), to_source(test, spec), tuple(classes), fingerprint)
+    return Splits(to_source(train, spec), to_source(test, spec, test=True), tuple(classes), fingerprint)
 
 
 def fingerprint_folders(

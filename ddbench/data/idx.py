@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ddbench.data.dataset import Splits
-from ddbench.data.folder import fingerprint_files
+from ddbench.data.identity import fingerprint_files
 from ddbench.data.source import TensorSource
 from ddbench.data.spec import DatasetError, DatasetSpec
 
@@ -90,6 +90,17 @@ def search_paths(spec: DatasetSpec) -> list[Path]:
 
 def detect(path: Path, spec: DatasetSpec) -> bool:
     return _files(path) is not None
+
+
+def incomplete(path: Path, spec: DatasetSpec) -> str | None:
+    """The idx files missing at ``path`` when some, not all four, are there (the test pair is the usual gap)."""
+    stems = [stem for pair in STEMS.values() for stem in pair]
+    found = {stem: _find(path, stem) for stem in stems}
+    present = [p.name for p in found.values() if p is not None]
+    if not present or len(present) == len(stems):
+        return None
+    missing = [stem for stem, p in found.items() if p is None]
+    return f"{path} holds {', '.join(present)} but not {', '.join(missing)} (each plain or .gz)"
 
 
 def fingerprint(root: Path, spec: DatasetSpec) -> str:

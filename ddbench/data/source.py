@@ -71,17 +71,31 @@ class SubsetSource(ImageSource):
         return self.base.load(self.indices[torch.as_tensor(indices, dtype=torch.long)])
 
 
-def decode_image(path: str | Path, size: int, channels: int) -> np.ndarray:
+def decode_image(path: str | Path, size: int, channels: int, resize: int = 0) -> np.ndarray:
     """Decode one image file to uint8 HWC at ``size``×``size`` (grayscale→RGB when 3 channels are wanted).
 
-    Images that are not square or not at ``size`` are resized with a short-side resize and a centre crop,
-    the standard test-time preprocessing (ImageNet: resize then centre-crop).
+    Two geometries, one per split:
+
+    * ``resize == 0`` (train, and the test split of native-size datasets): an image not at ``size``×``size`` gets
+      its short side resized to ``size`` (bilinear) and the long side centre-cropped. This keeps the whole short
+      side of the picture: stored train images are the canvas that the train-time augmentations (random resized
+      crops, flips) cut from on the device, so none of the field of view the official pipelines crop from full
+      images is thrown away here. It is also what teachers in the store were trained on, so it stays unchanged.
+    * ``resize > 0`` (test): torchvision's ``Resize(resize)`` + ``CenterCrop(size)`` on the PIL image, through
+      torchvision itself, so the test pixels are exactly those of the official evaluation code (ImageNet:
+      ``Resize(256)`` + ``CenterCrop(224)``; torchvision truncates the long side and rounds the crop offset, which
+      differs from the train geometry by a pixel even at ``resize == size``).
     """
     from PIL import Image
 
     with Image.open(path) as im:
         im = im.convert("RGB" if channels == 3 else "L")
-        if im.size != (size, size):
+        if resize:
+            from torchvision.transforms import InterpolationMode
+            from torchvision.transforms import functional as tvf
+
+            im = tvf.center_crop(tvf.resize(im, resize, InterpolationMode.BILINEAR), size)
+        elif im.size != (size, size):
             w, h = im.size
             scale = size / min(w, h)
             nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -95,17 +109,26 @@ def decode_image(path: str | Path, size: int, channels: int) -> np.ndarray:
 class FileSource(ImageSource):
     """A split streamed from image files, decoded on demand (ImageNet-scale data never fully in memory)."""
 
-    def __init__(self, paths: Sequence[str | Path], labels: Sequence[int] | torch.Tensor, img_size: int, channels: int):
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        labels: Sequence[int] | torch.Tensor,
+        img_size: int,
+        channels: int,
+        resize: int = 0,
+    ) -> None:
+        """``resize``: the geometry of :func:`decode_image` (0 for train; the spec's ``test_resize`` for test)."""
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = [str(p) for p in paths]
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.img_size = img_size
         self.channels = channels
+        self.resize = resize
 
     def load(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         idx = torch.as_tensor(indices, dtype=torch.long).tolist()
-        arrs = [decode_image(self.paths[i], self.img_size, self.channels) for i in idx]
+        arrs = [decode_image(self.paths[i], self.img_size, self.channels, self.resize) for i in idx]
         if not arrs:
             return torch.empty(0, self.channels, self.img_size, self.img_size, dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()

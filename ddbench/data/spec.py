@@ -35,7 +35,12 @@ class DatasetSpec:
         folder_names: directory names probed under a data root.
         how_to_get: one sentence telling a user how to obtain the data.
         in_memory: small datasets are decoded once into uint8 tensors and cached; large ones stream from files.
-        num_train: train images (documentation and sanity checks; 0 if unknown).
+        num_train: train images of the release; a load that finds another count warns, naming both (0: unknown,
+            e.g. the ImageNet subsets, whose count depends on which tree holds them).
+        num_test: test images of the release, checked the same way (0: unknown).
+        test_resize: test images are decoded as torchvision's ``Resize(test_resize)`` + ``CenterCrop(img_size)``,
+            the official evaluation transform (ImageNet-1K: 256, crop ratio 0.875). 0: the test split is decoded
+            like the train split (see :func:`ddbench.data.source.decode_image`); native-size datasets need nothing.
     """
 
     id: str
@@ -51,6 +56,8 @@ class DatasetSpec:
     how_to_get: str = ""
     in_memory: bool = True
     num_train: int = 0
+    num_test: int = 0
+    test_resize: int = 0
     aliases: tuple[str, ...] = field(default=())
 
     @property

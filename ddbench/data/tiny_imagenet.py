@@ -44,6 +44,31 @@ def detect(path: Path, spec: DatasetSpec) -> bool:
     return (path / "val").is_dir() and folder.has_class_dirs(path / "train", _classes(spec), exact=True)
 
 
+def incomplete(path: Path, spec: DatasetSpec) -> str | None:
+    """What a partial Tiny-ImageNet tree at ``path`` lacks: train/, a wnid folder of train/, or val/.
+
+    A tree counts as Tiny-ImageNet once it has ``wnids.txt``, ``val/val_annotations.txt`` or a wnid folder in
+    ``train/``; anything else is not this layout (None).
+    """
+    classes = _classes(spec)
+    train = path / "train"
+    if not (
+        (path / "wnids.txt").is_file()
+        or (path / ANNOTATIONS).is_file()
+        or any(folder.WNID.fullmatch(d) for d in folder.subdirs(train))
+    ):
+        return None
+    if not train.is_dir():
+        return f"{path} has no train/ folder (train/<wnid>/images/*.JPEG)"
+    try:
+        folder.check_class_dirs(train, classes, exact=True)
+    except DatasetError as exc:
+        return str(exc)
+    if not (path / "val").is_dir():
+        return f"{path} has no val/ folder (val/images/*.JPEG labelled by {ANNOTATIONS}, the test split)"
+    return None
+
+
 def _check_wnids(root: Path, classes: Sequence[str]) -> None:
     wnids_path = root / "wnids.txt"
     if not wnids_path.is_file():
@@ -110,7 +135,7 @@ def load(root: Path | None, spec: DatasetSpec, download: bool) -> Splits:
     logger.info("%s: %d train / %d val images at %s", spec.id, len(train), len(val), root)
     return Splits(
         folder.to_source(train, spec),
-        folder.to_source(val, spec),
+        folder.to_source(val, spec, test=True),
         classes,
         folder.fingerprint_lists(root, spec, classes, train, val),
     )
