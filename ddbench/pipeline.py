@@ -35,11 +35,11 @@ import torch
 
 from ddbench.config import BASE_PROFILE, ConfigError, canonical_json, config_hash, load_toml, profiles_in, resolve
 from ddbench.data import Dataset, load_dataset
+from ddbench.data.identity import dataset_key
 from ddbench.distilled import CorruptArtifact, DistilledSet
 from ddbench.errors import UserError
 from ddbench.io import atomic_file, clean_stale, home, lock, try_lock
 from ddbench.method import DistillContext, Method, TeacherSpec
-from ddbench.pixels import dataset_identity
 from ddbench.plugins import METHODS
 from ddbench.teachers import Teacher, get_teacher, load_teacher, resolve_teacher, teacher_dir
 from ddbench.version import __version__
@@ -161,25 +161,20 @@ def resolve_method_config(request: RunRequest, dataset: Dataset) -> Method:
     return cls(resolved.config)
 
 
-def check_ipc(dataset: Dataset, ipc: int, needed: int, allow_short_classes: bool) -> dict[str, Any]:
-    """ipc ≥ 1, and every class has the real images the method needs (unless ``--allow-short-classes``).
+def check_run_ipc(dataset: Dataset, ipc: int, needed: int, allow_short_classes: bool) -> dict[str, Any]:
+    """ipc ≥ 1, and every class has the ``needed`` real images the method takes (unless ``--allow-short-classes``).
 
     Returns:
         ``{"short_classes": {class: count}}`` when short classes were allowed (recorded with the run), else ``{}``.
     """
+    from ddbench.data import check_ipc
+
     if ipc < 1:
         raise UserError(f"--ipc must be a positive number of images per class, got {ipc}")
     if needed <= 0:
         return {}
-    counts = torch.bincount(dataset.train.labels, minlength=dataset.num_classes).tolist()
-    short = {dataset.classes[c]: n for c, n in enumerate(counts) if n < needed}
-    if short and not allow_short_classes:
-        name, n = next(iter(short.items()))
-        raise UserError(
-            f"--ipc {ipc} needs {needed} real train images per class but {dataset.id} class {name!r} has {n} "
-            f"({len(short)} class(es) short); lower --ipc or pass --allow-short-classes"
-        )
-    return {"short_classes": short} if short else {}
+    short = check_ipc(dataset, needed, allow_short_classes=allow_short_classes)
+    return short if short.get("short_classes") else {}
 
 
 def teacher_identity(dataset: Dataset, spec: TeacherSpec, profile: str) -> dict[str, Any]:
@@ -220,7 +215,9 @@ def prepare(request: RunRequest, progress: ProgressFn = _no_progress) -> RunStat
     """Load data, resolve the config, run every check and compute the run id; nothing is trained or distilled."""
     dataset = load_dataset(request.dataset, request.data_root, request.num_classes)
     method = resolve_method_config(request, dataset)
-    data_checks = check_ipc(dataset, request.ipc, method.min_real_per_class(request.ipc), request.allow_short_classes)
+    data_checks = check_run_ipc(
+        dataset, request.ipc, method.min_real_per_class(request.ipc), request.allow_short_classes
+    )
     specs = method.teachers(dataset)
     check_teachers(method, dataset, specs, request.profile)
     config_json = canonical_json(method.config)
@@ -228,7 +225,7 @@ def prepare(request: RunRequest, progress: ProgressFn = _no_progress) -> RunStat
         "method": method.name,
         "method_version": method.version,
         "config": json.loads(config_json),
-        "data": dataset_identity(dataset),
+        "data": dataset_key(dataset),
         "ipc": request.ipc,
         "seed": request.seed,
         "teachers": [teacher_identity(dataset, s, request.profile) for s in specs],
@@ -287,7 +284,7 @@ def distill(state: RunState, progress: ProgressFn = _no_progress) -> DistilledSe
             "config_hash": config_hash(state.method.config),
             "run_id": state.run_id,
             "dataset": state.dataset.id,
-            "data": dataset_identity(state.dataset),
+            "data": dataset_key(state.dataset),
             "class_hash": state.dataset.class_hash,
             "classes": list(state.dataset.classes),
             "mean": list(state.dataset.spec.mean),

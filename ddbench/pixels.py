@@ -245,8 +245,9 @@ class ZCASpace(PixelSpace):
 def fit_zca(dataset: Dataset, eps: float = 0.1) -> ZCASpace:
     """The dataset's ZCA space fitted on its whole real train split, cached per data identity and ε."""
     from ddbench.artifacts import CACHE
+    from ddbench.data.identity import dataset_key
 
-    key = {"dataset": dataset_identity(dataset), "eps": float(eps), "semantics": "kornia-ZCAWhitening-unbiased"}
+    key = {"dataset": dataset_key(dataset), "eps": float(eps), "semantics": "kornia-ZCAWhitening-unbiased"}
 
     def compute() -> dict[str, torch.Tensor]:
         logger.info("fitting ZCA (eps %g) on %d %s train images", eps, len(dataset.train), dataset.id)
@@ -256,14 +257,6 @@ def fit_zca(dataset: Dataset, eps: float = 0.1) -> ZCASpace:
     return ZCASpace(dataset.spec.mean, dataset.spec.std, state, {"eps": float(eps), "fit_images": len(dataset.train)})
 
 
-def dataset_identity(dataset: Dataset) -> dict[str, Any]:
-    """What identifies the real data a cached artifact was computed from (id, classes, file fingerprint)."""
-    identity = getattr(dataset, "identity", None)
-    if callable(identity):
-        return dict(identity())
-    return {"dataset": dataset.id, "class_hash": dataset.class_hash, "train": len(dataset.train)}
-
-
 __all__ = [
     "PIXEL_SPACES",
     "NormalizedSpace",
@@ -271,7 +264,6 @@ __all__ = [
     "UInt8Space",
     "ZCASpace",
     "build_pixel_space",
-    "dataset_identity",
     "fit_zca",
     "register_pixel_space",
 ]

@@ -36,11 +36,12 @@ from torch import nn
 
 from ddbench.artifacts import MANIFEST, ArtifactCache, CorruptArtifactError
 from ddbench.config import ConfigError, config_hash
+from ddbench.data.identity import dataset_key
 from ddbench.data.spec import class_order_hash
 from ddbench.errors import UserError
 from ddbench.io import home
 from ddbench.method import TeacherSpec
-from ddbench.pixels import UInt8Space, dataset_identity
+from ddbench.pixels import UInt8Space
 from ddbench.protocol import TEACHER_RECIPE_DIR, load_protocol
 from ddbench.train import Trainer, evaluate_models
 from ddbench.version import __version__
@@ -376,7 +377,7 @@ def teacher_key(dataset: Dataset, arch: str, spec: TeacherSpec, recipe_hash: str
     return {
         "source": "trained",
         "format": FORMAT_VERSION,
-        "data": dataset_identity(dataset),
+        "data": dataset_key(dataset),
         "arch": arch,
         "model_kwargs": spec.kwargs,
         "width_mult": width_mult,
@@ -535,7 +536,7 @@ def import_teacher(
         )
     digest = sha256_file(path)
     key = {"source": "import", "format": FORMAT_VERSION, "checkpoint_sha256": digest, "arch": arch,
-           "data": dataset_identity(dataset)}  # fmt: skip
+           "data": dataset_key(dataset)}  # fmt: skip
     name = f"{arch}-{dataset.class_hash}-import{digest[:16]}"
     cache, kind = _cache(), teacher_kind(dataset.id)
     if (teacher := _cached(cache.path(kind, key, name), dataset, device)) is not None:

@@ -6,6 +6,7 @@ Pixels are written losslessly (PNG, raw idx bytes, pickled arrays) so every chec
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import pickle
 import shutil
@@ -314,8 +315,8 @@ def test_decode_files_parallel_matches_serial(tmp_path: Path) -> None:
 def test_second_load_hits_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _isolated_home: Path) -> None:
     write_cifar10_folders(tmp_path)
     first = load_dataset("cifar10", data_root=tmp_path)
-    cached = list((_isolated_home / "datasets").glob("cifar10-*.pt"))
-    assert len(cached) == 1
+    cached = [p for p in (_isolated_home / "datasets").glob("cifar10-*") if p.is_dir()]
+    assert len(cached) == 1 and (cached[0] / "tensors.pt").is_file() and (cached[0] / "manifest.json").is_file()
 
     def boom(*args: object) -> None:
         raise AssertionError("format module read the files although the cache is valid")
@@ -333,11 +334,14 @@ def test_second_load_hits_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_corrupt_cache_is_rebuilt(tmp_path: Path, _isolated_home: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_cifar10_pickles(tmp_path)
     first = load_dataset("cifar10", data_root=tmp_path)
-    (cache,) = (_isolated_home / "datasets").glob("cifar10-*.pt")
-    cache.write_bytes(b"not a torch file")
-    with caplog.at_level(logging.WARNING, logger="ddbench.data.dataset"):
+    (folder,) = (p for p in (_isolated_home / "datasets").glob("cifar10-*") if p.is_dir())
+    cache = folder / "tensors.pt"
+    blob = bytearray(cache.read_bytes())
+    blob[len(blob) // 2] ^= 0x10  # a flipped bit would still load as a (different) training set: refused by sha256
+    cache.write_bytes(bytes(blob))
+    with caplog.at_level(logging.WARNING, logger="ddbench.artifacts"):
         again = load_dataset("cifar10", data_root=tmp_path)
-    assert "unreadable" in caplog.text and str(cache) in caplog.text
+    assert "corrupt datasets artifact" in caplog.text and folder.name in caplog.text
     assert torch.equal(first.train.all(), again.train.all())
     blob = torch.load(cache, weights_only=True)  # rewritten, valid
     assert torch.equal(blob["test_x"], first.test.all())
@@ -585,7 +589,8 @@ def test_caches_of_the_old_test_geometry_are_not_reused(tmp_path: Path, _isolate
     new_key = imagenet.fingerprint(root, spec)
     assert new_key != imagenet.fingerprint(root, replace(spec, test_resize=0))  # the key the old code used
     load_dataset("imagenette", data_root=tmp_path)
-    assert [p.name for p in (_isolated_home / "datasets").glob("*.pt")] == [f"imagenette-{new_key}.pt"]
+    (folder,) = (p for p in (_isolated_home / "datasets").iterdir() if p.is_dir())
+    assert json.loads((folder / "manifest.json").read_text())["key"]["files"] == new_key
 
 
 # -- missing data: every dataset says what, where and how ---------------------------------------------------------

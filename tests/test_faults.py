@@ -57,7 +57,10 @@ def tiny_protocol(tmp_path: Path) -> Path:
         (["--method", "random", "--ipc", "0"], ["--ipc must be a positive"]),
         (["--method", "random", "--ipc", "-3"], ["--ipc must be a positive"]),
         (["--method", "random", "--ipc", "x"], ["--ipc", "invalid int value: 'x'"]),
-        (["--method", "random", "--ipc", "1000"], ["--ipc 1000 needs 1000 real train images", "--allow-short-classes"]),
+        (
+            ["--method", "random", "--ipc", "1000"],
+            ["--ipc 1000 is more than the 122 train images of class '8'", "--allow-short-classes"],
+        ),
         (["--method", "random", "--preset", "gpu-ish", "--no-eval"], ["--preset 'gpu-ish' is not a known profile"]),
         (["--method", "sre2l", "--set", "lr=nan"], ["lr=nan", "finite"]),
         (["--method", "sre2l", "--set", "lr=inf"], ["lr=inf", "finite"]),
@@ -316,3 +319,26 @@ def test_no_eval_rerun_keeps_the_recorded_distillation_device(tiny_protocol: Pat
     state = prepare(RunRequest(method="random", dataset="digits", ipc=1, profile="cpu", device="cuda:7"))
     record_run(state, DistilledSet.load(Path(row["artifact_path"])), Store())  # what a rerun elsewhere records
     assert Store().runs()["device"].tolist() == ["cpu"]
+
+
+# -- two copies of a dataset --------------------------------------------------------------------------------------
+def test_two_data_roots_get_different_runs_and_teachers(tmp_path: Path) -> None:
+    """The same command on another copy of MNIST never reuses the run (or the teacher) made from the first."""
+    from test_data import write_mnist
+
+    from ddbench.pipeline import RunRequest, prepare, teacher_identity
+    from ddbench.teachers import teacher_key
+
+    write_mnist(tmp_path / "a" / "MNIST" / "raw", n_train=30)
+    write_mnist(tmp_path / "b" / "MNIST" / "raw", n_train=20)
+    runs, keys = [], []
+    for root in ("a", "b", "a"):
+        state = prepare(RunRequest(method="dwa", dataset="mnist", ipc=1, profile="cpu", data_root=str(tmp_path / root),
+                                   allow_short_classes=True))  # fmt: skip
+        runs.append(state.run_id)
+        ident = teacher_identity(state.dataset, state.teacher_specs[0], "cpu")
+        keys.append(teacher_key(state.dataset, ident["arch"], state.teacher_specs[0], ident["recipe_hash"], 1.0))
+    assert runs[0] != runs[1] and runs[0] == runs[2]
+    assert (
+        keys[0] != keys[1] and keys[0] == keys[2] and keys[0]["data"]["fingerprint"] != keys[1]["data"]["fingerprint"]
+    )

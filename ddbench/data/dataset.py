@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -30,7 +31,7 @@ from ddbench.data.checks import check_counts
 from ddbench.data.identity import fingerprint_dataset, fingerprint_sources
 from ddbench.data.source import ImageSource, SubsetSource, TensorSource
 from ddbench.data.spec import DatasetError, DatasetSpec, class_order_hash
-from ddbench.io import atomic_file, home, lock
+from ddbench.io import home
 
 logger = logging.getLogger(__name__)
 
@@ -261,38 +262,42 @@ def diagnose(spec: DatasetSpec, data_root: str | Path | None = None) -> list[str
     return found
 
 
-def _cache_path(spec: DatasetSpec, fingerprint: str) -> Path:
-    return home() / "datasets" / f"{spec.id}-{fingerprint}.pt"
+def _as_tensors(splits: Splits) -> Splits:
+    if isinstance(splits.train, TensorSource):
+        return splits
+    return Splits(
+        TensorSource(splits.train.all(), splits.train.labels),
+        TensorSource(splits.test.all(), splits.test.labels),
+        splits.classes,
+        splits.fingerprint,
+    )
 
 
-def _load_cached(spec: DatasetSpec, fingerprint: str) -> Splits | None:
-    path = _cache_path(spec, fingerprint)
-    if not path.is_file():
-        return None
-    try:
-        blob = torch.load(path, weights_only=True)
-        return Splits(
-            TensorSource(blob["train_x"], blob["train_y"]),
-            TensorSource(blob["test_x"], blob["test_y"]),
-            tuple(blob["classes"]),
-            fingerprint,
-        )
-    except Exception as exc:  # a corrupt cache is rebuilt, never trusted
-        logger.warning("dataset cache %s unreadable (%s); rebuilding", path, exc)
-        return None
+def _cached_splits(spec: DatasetSpec, cache_key: str, read: Callable[[], Splits]) -> Splits:
+    """Decoded uint8 splits from the artifact cache (``$DDBENCH_HOME/datasets/``), decoding them once if needed.
 
+    The cache is an artifact like any other: written atomically, sha256-verified on every load (a flipped bit is a
+    warning and a re-decode, never a silently different training set) and locked per key.
+    """
+    from ddbench.artifacts import CACHE
 
-def _store_cached(spec: DatasetSpec, splits: Splits) -> None:
-    path = _cache_path(spec, splits.fingerprint)
-    blob = {
-        "train_x": splits.train.all(),
-        "train_y": splits.train.labels,
-        "test_x": splits.test.all(),
-        "test_y": splits.test.labels,
-        "classes": list(splits.classes),
-    }
-    with lock(path), atomic_file(path) as tmp:
-        torch.save(blob, tmp)
+    def compute() -> dict[str, object]:
+        splits = _as_tensors(read())
+        return {
+            "train_x": splits.train.all(),
+            "train_y": splits.train.labels,
+            "test_x": splits.test.all(),
+            "test_y": splits.test.labels,
+            "classes": list(splits.classes),
+        }
+
+    blob, _ = CACHE.get_or_build_tensors("datasets", {"dataset": spec.id, "files": cache_key}, compute, name=spec.id)
+    return Splits(
+        TensorSource(blob["train_x"], blob["train_y"]),
+        TensorSource(blob["test_x"], blob["test_y"]),
+        tuple(blob["classes"]),
+        cache_key,
+    )
 
 
 def load_dataset(
@@ -323,18 +328,11 @@ def load_dataset(
                 f"{spec.id}: expected {getattr(module, 'LAYOUT', 'its files')}; looked in {where}. {spec.how_to_get}"
             )
     cache_key = module.fingerprint(root, spec) if spec.in_memory and hasattr(module, "fingerprint") else ""
-    splits = _load_cached(spec, cache_key) if cache_key else None
-    if splits is None:
+    if cache_key:
+        splits = _cached_splits(spec, cache_key, lambda: module.load(root, spec, download))
+    else:
         splits = module.load(root, spec, download)
-        if spec.in_memory and not isinstance(splits.train, TensorSource):
-            splits = Splits(
-                TensorSource(splits.train.all(), splits.train.labels),
-                TensorSource(splits.test.all(), splits.test.labels),
-                splits.classes,
-                splits.fingerprint,
-            )
-        if spec.in_memory and splits.fingerprint:
-            _store_cached(spec, splits)
+        splits = _as_tensors(splits) if spec.in_memory else splits
     if spec.classes is not None and tuple(splits.classes) != tuple(spec.classes):
         raise DatasetError(
             f"{spec.id}: the files at {root} list classes in a different order than the spec "

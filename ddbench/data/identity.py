@@ -95,3 +95,15 @@ def fingerprint_dataset(files_fingerprint: str, facts: dict[str, object]) -> str
     """
     blob = json.dumps({"files": files_fingerprint, **facts}, sort_keys=True, separators=(",", ":"))
     return _digest(hashlib.sha256(blob.encode()))
+
+
+def dataset_key(dataset: object) -> dict[str, object]:
+    """The part of a dataset's identity that cache keys use: everything but where it was found.
+
+    ``Dataset.identity()`` minus ``root`` (moving a folder must not invalidate runs and teachers). Objects that only
+    look like datasets (test doubles) are keyed by id, class order and train size.
+    """
+    identity = getattr(dataset, "identity", None)
+    if callable(identity):
+        return {k: v for k, v in identity().items() if k != "root"}
+    return {"dataset": dataset.id, "class_hash": dataset.class_hash, "num_train": len(dataset.train)}  # type: ignore[attr-defined]
