@@ -232,8 +232,8 @@ class ExpertOrder:
 
 
 def _as_layer_lists(trajectory: ExpertTrajectory) -> list[list[torch.Tensor]]:
-    # clone: a saved view would drag the whole [E+1, P] storage into the file once per layer
-    return [[t.clone() for t in trajectory.layout.unflatten(row).values()] for row in trajectory.snapshots]
+    # views of the snapshot tensor: torch.save writes their shared storage once
+    return [list(trajectory.layout.unflatten(row).values()) for row in trajectory.snapshots]
 
 
 def export_replay_buffers(
