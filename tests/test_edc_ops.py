@@ -330,6 +330,8 @@ def test_matching_loss_uses_momentum_and_needs_inputs():
     assert len(ms) == 4 * 2 + 2 * 2  # (mean, var, patch mean, patch var) per conv, (mean, var) per BN
     first.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="category_mode"):  # checked even when α = 1 never reads it
+        statistics_loss(records, targets, labels, alpha=1.0, category_mode="global")
     with StatsRecorder(bn=True, conv=True).attach(model) as rec:  # no keep_inputs
         model(torch.randn(3, 3, 8, 8))
         with pytest.raises(ValueError, match="keep_inputs"):

@@ -136,6 +136,8 @@ def layer_loss(
         momentum: the observer's EMAs; None compares the plain batch statistics.
         conv_patch: include the patch terms at Conv hooks.
     """
+    if category_mode not in CATEGORY_MODES:
+        raise ValueError(f"category_mode must be one of {', '.join(CATEGORY_MODES)}, got {category_mode!r}")
     if record.mean.ndim != 1:
         raise ValueError("layer_loss needs whole-batch statistics: do not set groups on the recorder")
     patch_on = record.kind == "conv" and conv_patch
@@ -159,7 +161,7 @@ def layer_loss(
             weights = counts.to(record.mean.dtype) / labels.numel()
             keys = [k for k, _ in glob.items()]
             form2 = _distances(_aggregate_targets(target.per_class, weights, keys), glob, record.name)
-        elif category_mode == "per_class":
+        else:
             classes, inverse = torch.unique(labels, sorted=True, return_inverse=True)
             syn = layer_moments(record.input, record.kind, patch if patch_on else None, inverse, len(classes))
             syn = _smoothed(syn, momentum, record.name, "class")
@@ -167,8 +169,6 @@ def layer_loss(
             per_class = Moments(**{k: getattr(target.per_class, k)[classes] for k in keys})
             p = counts[classes].to(record.mean.dtype) / labels.numel()
             form2 = (p * _distances(per_class, syn, record.name)).sum()
-        else:
-            raise ValueError(f"category_mode must be one of {', '.join(CATEGORY_MODES)}, got {category_mode!r}")
         loss = loss + (1 - alpha) * form2
     return loss
 

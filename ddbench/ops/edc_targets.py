@@ -121,9 +121,9 @@ class _Accumulator:
         self.pooled: dict[str, torch.Tensor] = {}
         self.class_sums: dict[str, torch.Tensor] = {}
 
-    def add(self, pooled: Moments, per_image: Moments, labels: torch.Tensor, num_classes: int) -> None:
+    def add(self, pooled: Moments | None, per_image: Moments, labels: torch.Tensor, num_classes: int) -> None:
         n = labels.numel()
-        for k, v in pooled.items():
+        for k, v in pooled.items() if pooled is not None else ():
             v = v.double() * n
             self.pooled[k] = self.pooled[k] + v if k in self.pooled else v
         for k, v in per_image.items():
@@ -178,10 +178,8 @@ def real_targets(
                 h = record.input
                 kinds[record.name] = (record.kind, record.module)
                 per_image = layer_moments(h, record.kind, patch, samples, labels.numel())
-                if record.kind == "conv":
-                    pooled = Moments(record.mean, record.var, *patch_moments(h, patch))
-                else:
-                    pooled = Moments(record.mean, record.var)  # unused: BN global targets are the running buffers
+                # BN global targets are the running buffers, so only Conv hooks accumulate pooled moments
+                pooled = Moments(record.mean, record.var, *patch_moments(h, patch)) if record.kind == "conv" else None
                 accs.setdefault(record.name, _Accumulator()).add(pooled, per_image, labels, num_classes)
             recorder.clear()
             batch_counts = torch.bincount(labels, minlength=num_classes)
