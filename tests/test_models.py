@@ -52,6 +52,14 @@ FINAL_MAP = {
     "convnet_bn": {8: 2, 28: 4, 32: 4, 64: 4},
     "resnet_ap10": {8: 1, 28: 3, 32: 4, 64: 8},
     "deit_tiny_bn": {8: 1 + 4 * 4, 28: 1 + 7 * 7, 32: 1 + 8 * 8, 64: 1 + 8 * 8},
+    # EDC observers: WRN keeps its CIFAR total stride 4; ConvNet D1/D2 have a fixed depth
+    "wrn16_2": {8: 2, 28: 7, 32: 8, 64: 16},
+    "alexnet": {8: 1, 28: 4, 32: 4, 64: 8},
+    "mobilenetv2_050": {8: 1, 28: 4, 32: 4, 64: 8},
+    "shufflenetv2_x0_5": {8: 1, 28: 4, 32: 4, 64: 8},
+    "convnet_d1": {8: 4, 28: 16, 32: 16, 64: 32},
+    "convnet_d2": {8: 2, 28: 8, 32: 8, 64: 16},
+    "convnet_w32": {8: 2, 28: 4, 32: 4, 64: 4},
 }
 
 
@@ -82,7 +90,7 @@ def test_native_sizes_cover_the_catalog():
 
 def test_every_arch_is_covered_by_the_final_map_table():
     assert set(FINAL_MAP) == set(BUILTIN_ARCHS)
-    assert len(BUILTIN_ARCHS) == 12
+    assert len(BUILTIN_ARCHS) == 19
 
 
 @pytest.mark.parametrize(("arch", "size", "chans"), CASES)
@@ -399,3 +407,80 @@ def test_norm2d_names():
     assert isinstance(norm2d("none", 16), nn.Identity)
     with pytest.raises(ValueError, match="unknown norm"):
         norm2d("layer", 16)
+
+
+# -- EDC observers (spec edc.md §6) --------------------------------------------------------------------------------
+
+
+def test_wrn16_2_parameter_count():
+    # Pre-activation BasicBlocks, two per group, widths 32/64/128 after a 16-channel stem; counted by hand:
+    # per block BN(c_in) + 3×3 c_in→c_out + BN(c_out) + 3×3 c_out→c_out (+ 1×1 projection when the width changes).
+    def block(cin, cout):
+        return 2 * cin + cin * 9 * cout + 2 * cout + cout * 9 * cout + (cin * cout if cin != cout else 0)
+
+    body = block(16, 32) + block(32, 32) + block(32, 64) + block(64, 64) + block(64, 128) + block(128, 128)
+    derived = 3 * 9 * 16 + body + 2 * 128 + (128 * 100 + 100)
+    model = create_model("wrn16_2", num_classes=100, img_size=32)
+    assert _n_params(model) == derived == 703_284  # CRD / RepDistiller report WRN-16-2 as 0.70 M on CIFAR-100
+    assert model.stem == "lowres" and model.num_features == 128
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 13
+    big = create_model("wrn16_2", num_classes=100, img_size=224)
+    assert big.stem == "imagenet" and big.conv1.stride == (2, 2) and isinstance(big.maxpool, nn.MaxPool2d)
+
+
+def test_alexnet_small_is_the_dc_benchmark_alexnet():
+    model = create_model("alexnet", num_classes=10, img_size=32)
+    convs = [(3, 128, 5), (128, 192, 5), (192, 256, 3), (256, 192, 3), (192, 192, 3)]
+    derived = sum(ci * k * k * co + co for ci, co, k in convs) + 192 * 4 * 4 * 10 + 10
+    assert _n_params(model) == derived == 1_872_202
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in model.modules())  # conv hooks only
+    mnist = create_model("alexnet", num_classes=10, img_size=28, in_chans=1)
+    assert mnist.features[0].padding == (4, 4) and mnist.num_features == 3072  # DC pads MNIST to 32
+
+
+def test_alexnet_imagenet_loads_torchvision_weights():
+    ref = torchvision.models.alexnet()
+    ours = create_model("alexnet", num_classes=1000, img_size=224)
+    assert _n_params(ours) == _n_params(ref) == 61_100_840
+    ours.load_state_dict(ref.state_dict())
+    x = _input(96, 3)  # the adaptive pool makes any size above ~63 px valid; 96 keeps this test cheap
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), ref.eval()(x))
+    assert ours.num_features == 4096
+
+
+def test_mobilenetv2_050_is_torchvision_half_width():
+    # torchvision's width_mult=0.5 MobileNetV2 and timm's mobilenetv2_050 are the same network (1,968,680 params)
+    ref = _n_params(torchvision.models.mobilenet_v2(width_mult=0.5))
+    assert ref == _n_params(timm.create_model("mobilenetv2_050", pretrained=False)) == 1_968_680
+    big = create_model("mobilenetv2_050", num_classes=1000, img_size=224)
+    small = create_model("mobilenetv2_050", num_classes=1000, img_size=32)
+    assert _n_params(big) == _n_params(small) == ref
+    assert big.conv_stem.stride == (2, 2) and small.conv_stem.stride == (1, 1)
+    assert small.conv_stem.out_channels == 16 and small.num_features == 1280
+
+
+def test_shufflenetv2_x0_5_loads_torchvision_weights():
+    ref = torchvision.models.shufflenet_v2_x0_5()
+    ours = create_model("shufflenetv2_x0_5", num_classes=1000, img_size=224)
+    assert _n_params(ours) == _n_params(ref) == 1_366_792
+    ours.load_state_dict(ref.state_dict())
+    x = _input(96, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), ref.eval()(x))
+    low = create_model("shufflenetv2_x0_5", num_classes=10, img_size=32)
+    assert low.conv1[0].stride == (1, 1) and isinstance(low.maxpool, nn.Identity)
+
+
+def test_edc_convnet_variants():
+    d1 = create_model("convnet_d1", num_classes=10, img_size=32)
+    d2 = create_model("convnet_d2", num_classes=10, img_size=32)
+    w32 = create_model("convnet_w32", num_classes=10, img_size=32)
+    assert (d1.depth, d1.width, d2.depth, d2.width, w32.depth, w32.width) == (1, 128, 2, 128, 3, 32)
+    assert _n_params(d1) == (3 * 9 * 128 + 128) + 2 * 128 + 16 * 16 * 128 * 10 + 10
+    assert _n_params(d2) == (3 * 9 * 128 + 128) + (128 * 9 * 128 + 128) + 2 * 2 * 128 + 8 * 8 * 128 * 10 + 10
+    assert _n_params(w32) == (3 * 9 * 32 + 32) + 2 * (32 * 9 * 32 + 32) + 3 * 2 * 32 + 4 * 4 * 32 * 10 + 10
+    assert create_model("convnet_d1", num_classes=10, img_size=64).depth == 1  # fixed, not from the size rule
+    for m in (d1, d2, w32):
+        assert not any(isinstance(x, nn.BatchNorm2d) for x in m.modules())

@@ -1,8 +1,9 @@
 """Sanity checks for the published-number tables in leaderboards/papers/*.csv.
 
-Format: exact header, valid ids, 0 <= top1 <= 100, unique keys. Content: a handful of headline cells spot-checked
-against the SRe2L/DWA spec §8 (which itself restates the DWA paper), plus the paper's own internal consistency
-between Table 3 (directed column) and Table 4 (ResNet-18-distilled DWA rows).
+Format: exact header (optionally followed by a ``protocol`` column), valid ids, 0 <= top1 <= 100, unique keys.
+Content: a handful of headline cells spot-checked against the SRe2L/DWA spec §8 (which itself restates the DWA
+paper), plus the paper's own internal consistency between Table 3 (directed column) and Table 4 (ResNet-18-distilled
+DWA rows); for EDC/RDED, headline cells against spec edc.md §7 and the EDC paper's cross-table consistency.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ HEADER = [
     "method", "dataset", "ipc", "distill_arch", "eval_arch", "protocol_note",
     "top1", "top1_std", "paper", "table", "row", "note",
 ]  # fmt: skip
-DATASETS = {"cifar10", "cifar100", "tiny-imagenet", "imagenet-1k"}
+DATASETS = {"cifar10", "cifar100", "tiny-imagenet", "imagenet-1k", "imageidc"}
 KEY = ["method", "dataset", "ipc", "distill_arch", "eval_arch", "table"]
 CSVS = sorted(PAPERS.glob("*.csv"))
 
@@ -33,14 +34,17 @@ def allrows() -> pd.DataFrame:
 
 def test_expected_files_present() -> None:
     names = {p.name for p in CSVS}
-    assert {"dwa.csv", "sre2l.csv", "others-from-dwa.csv"} <= names
+    assert {"dwa.csv", "sre2l.csv", "others-from-dwa.csv", "edc.csv", "rded.csv"} <= names
 
 
 @pytest.mark.parametrize("path", CSVS, ids=lambda p: p.name)
 def test_header_and_values(path: Path) -> None:
     with path.open(encoding="utf-8") as fh:
-        assert fh.readline().rstrip("\r\n").split(",") == HEADER
+        header = fh.readline().rstrip("\r\n").split(",")
+    assert header in (HEADER, [*HEADER, "protocol"]), header
     df = _load(path)
+    if "protocol" in df:  # a ddbench protocol id, or empty where the number's protocol is unknown
+        assert df["protocol"].str.fullmatch(r"([a-z0-9][a-z0-9\-]*)?").all()
     assert len(df) > 0
     assert set(df["dataset"]) <= DATASETS, set(df["dataset"]) - DATASETS
     assert df["method"].str.fullmatch(r"[a-z0-9][a-z0-9_\-]*").all()
@@ -126,3 +130,80 @@ def test_table3_directed_equals_table4_dwa(allrows: pd.DataFrame) -> None:
         assert (t4.top1, t4.top1_std) == (r.top1, r.top1_std)
         checked += 1
     assert checked == 8
+
+
+# -- EDC (edc.csv) and RDED (rded.csv) ------------------------------------------------------------------------------
+# (method, dataset, ipc, distill_arch, eval_arch, table, top1, std or None): spec edc.md §7.2, Table 1 and Table 2.
+EDC_HEADLINE = [
+    ("edc", "cifar10", 10, "edc-observers", "resnet18", "Table 1", 79.1, 0.3),
+    ("edc", "cifar10", 10, "edc-observers", "mobilenetv2_050", "Table 1", 42.0, 0.4),
+    ("edc", "cifar100", 1, "edc-observers", "resnet18", "Table 1", 39.7, 0.1),
+    ("edc", "tiny-imagenet", 50, "edc-observers", "resnet18", "Table 1", 57.2, 0.2),
+    ("edc", "imageidc", 50, "edc-observers", "resnet18", "Table 1", 82.2, 0.1),
+    ("edc", "imagenet-1k", 10, "edc-observers", "resnet18", "Table 1", 48.6, 0.3),
+    ("edc", "imagenet-1k", 50, "edc-observers", "mobilenetv2", "Table 1", 57.8, 0.1),
+    ("rded", "cifar10", 10, "resnet18", "resnet18", "Table 1", 37.1, 0.3),
+    ("rded", "tiny-imagenet", 1, "resnet18", "resnet18", "Table 1", 9.7, 0.4),
+    ("rded", "imagenet-1k", 50, "resnet18", "resnet101", "Table 1", 61.2, 0.4),
+    ("g-vbsm", "cifar10", 10, "gvbsm-observers", "resnet18", "Table 1", 53.5, 0.6),
+    ("g-vbsm", "imagenet-1k", 10, "gvbsm-observers", "resnet50", "Table 1", 35.4, 0.8),
+    ("edc", "imagenet-1k", 10, "edc-observers", "efficientnet_b0", "Table 2", 51.1, None),
+    ("rded", "imagenet-1k", 50, "resnet18", "convnext_tiny", "Table 2", 65.4, None),
+    ("edc", "imagenet-1k", 50, "edc-observers", "shufflenetv2", "Table 2", 45.7, None),
+]
+
+
+@pytest.mark.parametrize("row", EDC_HEADLINE, ids=lambda r: f"{r[0]}-{r[1]}-ipc{r[2]}-{r[4]}-{r[5].replace(' ', '')}")
+def test_edc_headline_cells_match_spec(allrows: pd.DataFrame, row: tuple) -> None:
+    *key, top1, std = row
+    cell = _cell(allrows, *key)
+    assert float(cell.top1) == pytest.approx(top1, abs=1e-9)
+    if std is not None:
+        assert float(cell.top1_std) == pytest.approx(std, abs=1e-9)
+
+
+# EDC Table 2 prints its own "+Δ" rows (EDC − RDED per architecture): an independent check of both transcriptions.
+TABLE2_DELTA = {
+    10: [6.6, 8.1, 3.4, 10.6, 8.3, 4.4, 9.1, 6.1, 10.4],
+    20: [6.4, 0.6, 2.0, 7.3, 7.5, 1.9, 5.0, 7.4, 12.3],
+    30: [5.1, 2.1, 2.2, 8.9, 4.3, 16.0, 11.4, 1.8, 17.6],
+    40: [2.5, 0.4, 2.2, 4.4, 3.4, 8.2, 3.0, 1.5, 17.0],
+    50: [1.5, 0.6, 3.7, 3.9, 3.3, 10.5, 6.4, 1.2, 14.8],
+}
+TABLE2_ARCHS = ["resnet18", "resnet50", "resnet101", "mobilenetv2", "efficientnet_b0", "deit_tiny", "swin_tiny",
+                "convnext_tiny", "shufflenetv2"]  # fmt: skip
+
+
+def test_edc_table2_deltas(allrows: pd.DataFrame) -> None:
+    for ipc, deltas in TABLE2_DELTA.items():
+        for arch, delta in zip(TABLE2_ARCHS, deltas, strict=True):
+            edc = _cell(allrows, "edc", "imagenet-1k", ipc, "edc-observers", arch, "Table 2")
+            rded = _cell(allrows, "rded", "imagenet-1k", ipc, "resnet18", arch, "Table 2")
+            assert float(edc.top1) - float(rded.top1) == pytest.approx(delta, abs=0.051), (ipc, arch)
+
+
+def test_edc_tables_agree_where_the_paper_repeats_a_configuration(allrows: pd.DataFrame) -> None:
+    def top1(method: str, table: str, arch: str = "resnet18", ipc: int = 10, da: str = "edc-observers") -> float:
+        return float(_cell(allrows, method, "imagenet-1k", ipc, da, arch, table).top1)
+
+    for arch in ("resnet18", "resnet50", "resnet101"):  # Table 5's full configuration is Table 1's EDC
+        assert top1("edc", "Table 5", arch) == top1("edc", "Table 1", arch)
+    for ipc in (10, 50):  # Table 2 repeats Table 1's ResNet-18 and ResNet-101 columns
+        assert top1("edc", "Table 2", ipc=ipc) == top1("edc", "Table 1", ipc=ipc)
+        rded = [top1("rded", table, "resnet101", ipc, "resnet18") for table in ("Table 1", "Table 2")]
+        assert rded[0] == rded[1]
+    assert top1("edc", "Table 23") == top1("edc", "Table 1")  # CONFIG G
+    assert top1("edc-config-e", "Table 23") == top1("edc-alpha0", "Table 5")  # CONFIG E = α 0 without extras
+    f23 = _cell(allrows, "edc-config-f", "imagenet-1k", 10, "edc-observers", "resnet18", "Table 23")
+    f5 = _cell(allrows, "edc-alpha05", "imagenet-1k", 10, "edc-observers", "resnet18", "Table 5")
+    assert (f23.top1, f5.top1) == ("48.0", "48.1") and "48.1" in f23.note and "48.0" in f5.note  # flagged as printed
+
+
+def test_edc_and_rded_rows_name_their_protocol(allrows: pd.DataFrame) -> None:
+    rows = allrows[allrows._file.isin(["edc.csv", "rded.csv"])]
+    assert rows.protocol.str.fullmatch(r"(edc|rded|gvbsm)-[a-z0-9\-]+").all()  # every one is known
+    edc_t1 = rows[(rows.method == "edc") & (rows.table == "Table 1")]
+    assert dict(edc_t1.groupby("dataset").protocol.first()) == {
+        "cifar10": "edc-cifar10", "cifar100": "edc-cifar100", "tiny-imagenet": "edc-tiny",
+        "imageidc": "edc-imageidc", "imagenet-1k": "edc-imagenet",
+    }  # fmt: skip

@@ -41,14 +41,25 @@ _BUILTIN = {
     "convnet": "ddbench.models.convnet:convnet",
     "convnet_bn": "ddbench.models.convnet:convnet_bn",
     "resnet_ap10": "ddbench.models.resnet_ap:resnet_ap10",
+    # EDC / G-VBSM observers (spec edc.md §6)
+    "wrn16_2": "ddbench.models.wrn:wrn16_2",
+    "alexnet": "ddbench.models.alexnet:alexnet",
+    "mobilenetv2_050": "ddbench.models.mobilenet:mobilenetv2_050",
+    "shufflenetv2_x0_5": "ddbench.models.shufflenet:shufflenetv2_x0_5",
+    "convnet_d1": "ddbench.models.convnet:convnet_d1",
+    "convnet_d2": "ddbench.models.convnet:convnet_d2",
+    "convnet_w32": "ddbench.models.convnet:convnet_w32",
 }
 _ALIASES = {
     "mobilenetv2": ("mobilenetv2_100", "mobilenet_v2"),
     "shufflenetv2": ("shufflenet_v2_x1_0", "shufflenet_v2"),
     "deit_tiny_bn": ("deit_tiny_bn_patch16",),
+    "wrn16_2": ("wrn_16_2",),
+    "mobilenetv2_050": ("mobilenetv2_half",),
+    "shufflenetv2_x0_5": ("shufflenet_v2_x0_5",),
 }
 #: Built-in architectures whose factory takes ``width_mult`` (channel widths scaled, depth and norms kept).
-WIDTH_ARCHS = frozenset({"resnet18", "resnet50", "resnet101", "convnet", "convnet_bn"})
+WIDTH_ARCHS = frozenset({"resnet18", "resnet50", "resnet101", "convnet", "convnet_bn", "convnet_d1", "convnet_d2"})
 
 for _name, _target in _BUILTIN.items():
     ARCHS.register(_name, _target, aliases=_ALIASES.get(_name, ()), origin="builtin")

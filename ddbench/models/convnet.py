@@ -1,4 +1,4 @@
-"""ConvNet of the DC/DSA/DM/MTT line (``ConvNet``, ``ConvNetD4``, ``ConvNetD5``, ``ConvNetBN``).
+"""ConvNet of the DC/DSA/DM/MTT line (``ConvNet``, ``ConvNetD4``, ``ConvNetD5``, ``ConvNetBN``) and EDC's variants.
 
 Provenance: the architecture described in ``specs/mtt.md`` §1 (MTT ``networks.py`` / DC ``utils.py``), written
 here from that description: ``depth`` blocks of Conv2d(3×3, ``width``, bias) → norm → ReLU → AvgPool2d(2), then
@@ -14,6 +14,11 @@ it on the size, so 1-channel 8-px digits are not padded).
 
 The classifier reads the flattened map, so ``num_features`` is ``width·h·w`` and ``forward_head(...,
 pre_logits=True)`` is that flattened vector (MTT's ``embed``), not a global average.
+
+Named variants of the EDC / G-VBSM CIFAR observer set (spec ``edc.md`` §6), instance norm, so they contribute
+convolution statistics only: ``convnet_d1`` / ``convnet_d2`` (width 128, depth fixed at 1 / 2 whatever the input
+size: 16×16 / 8×8 maps at 32 px) and ``convnet_w32`` (width 32, depth from the size rule). They are registered
+names rather than kwargs so that an observer set can list them beside full-width ConvNets.
 """
 
 from __future__ import annotations
@@ -103,3 +108,22 @@ def convnet_bn(
 ) -> ConvNet:
     """The ConvNet with BatchNorm (MTT's ``ConvNetBN``; DWA's "ConvNet-128" needs a BN-equipped ConvNet)."""
     return convnet(num_classes, img_size, in_chans, width_mult, **{"norm": "batch", **kwargs})
+
+
+def convnet_d1(
+    num_classes: int = 10, img_size: int = 32, in_chans: int = 3, width_mult: float = 1.0, **kwargs: Any
+) -> ConvNet:
+    """EDC's ConvNetD1: one conv block (width 128, instance norm) at every input size."""
+    return convnet(num_classes, img_size, in_chans, width_mult, **{"depth": 1, **kwargs})
+
+
+def convnet_d2(
+    num_classes: int = 10, img_size: int = 32, in_chans: int = 3, width_mult: float = 1.0, **kwargs: Any
+) -> ConvNet:
+    """EDC's ConvNetD2: two conv blocks (width 128, instance norm) at every input size."""
+    return convnet(num_classes, img_size, in_chans, width_mult, **{"depth": 2, **kwargs})
+
+
+def convnet_w32(num_classes: int = 10, img_size: int = 32, in_chans: int = 3, **kwargs: Any) -> ConvNet:
+    """EDC's ConvNetW32: width 32 (instance norm), depth from the input size (3 at 32 px)."""
+    return convnet(num_classes, img_size, in_chans, **{"width": 32, **kwargs})

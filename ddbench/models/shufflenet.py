@@ -1,4 +1,4 @@
-"""ShuffleNetV2 1.0×: torchvision's definition with a stem option and timm's feature contract.
+"""ShuffleNetV2 1.0× and 0.5×: torchvision's definition with a stem option and timm's feature contract.
 
 Provenance: ``torchvision.models.shufflenetv2.ShuffleNetV2`` with ``shufflenet_v2_x1_0``'s configuration (repeats
 4/8/4, channels 24/116/232/464/1024) subclassed, not copied; timm has no ShuffleNet. Parameter names are
@@ -7,6 +7,10 @@ torchvision's.
 Small inputs (``stem="lowres"``, automatic for ``img_size <= 64``): the stem conv runs at stride 1 and the stem
 max-pool is Identity, the same two removals as the low-res ResNet, so the total stride is 8 (4×4 at 32 px, 8×8 at
 64 px, 1×1 at 8 px). DWA's CIFAR "ShuffleNetG2" is a different (ShuffleNetV1) network and is not reproduced here.
+
+``shufflenetv2_x0_5`` is torchvision's ``shufflenet_v2_x0_5`` configuration (channels 24/48/96/192/1024): EDC's
+ImageNet observer as it is, and its CIFAR/Tiny "ShuffleNetV2-0.5" observer (spec ``edc.md`` §6) with the low-res
+stem above. Deviation: EDC's CIFAR copy uses a 1×1 stride-1 stem conv; ddbench keeps the family's 3×3 kernel.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ STEMS: dict[str, StemSpec] = {
     "lowres": StemSpec(kernel=3, stride=1, pool=False),
 }
 X1_0 = {"stages_repeats": [4, 8, 4], "stages_out_channels": [24, 116, 232, 464, 1024]}
+X0_5 = {"stages_repeats": [4, 8, 4], "stages_out_channels": [24, 48, 96, 192, 1024]}
 
 
 class ShuffleNetV2(tv_shufflenet.ShuffleNetV2):
@@ -89,3 +94,12 @@ def shufflenetv2(
     stem = resolve_stem(stem, img_size)
     logger.debug("shufflenetv2: img_size=%d in_chans=%d → %s stem", img_size, in_chans, stem)
     return ShuffleNetV2(**X1_0, num_classes=num_classes, in_chans=in_chans, stem=stem, **kwargs)
+
+
+def shufflenetv2_x0_5(
+    num_classes: int = 1000, img_size: int = 224, in_chans: int = 3, stem: str = "auto", **kwargs: Any
+) -> ShuffleNetV2:
+    """ShuffleNetV2 0.5× (torchvision ``shufflenet_v2_x0_5``); low-res stem for ``img_size <= 64`` by default."""
+    stem = resolve_stem(stem, img_size)
+    logger.debug("shufflenetv2_x0_5: img_size=%d in_chans=%d → %s stem", img_size, in_chans, stem)
+    return ShuffleNetV2(**X0_5, num_classes=num_classes, in_chans=in_chans, stem=stem, **kwargs)

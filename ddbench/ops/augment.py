@@ -415,3 +415,73 @@ def dsa(
     for family in families:
         x = _DSA_FNS[family](x, generator, param)
     return x
+
+
+# -- RDED patch shuffle and per-sample RandAugment (EDC / RDED evaluation, spec edc.md §5, §8.1) ---------------------
+def _strip_bounds(side: int, factor: int) -> torch.Tensor:
+    """Start offsets of ``factor`` strips of a ``side``-px axis, the last strip taking the remainder."""
+    base = side // factor
+    return torch.tensor([i * base for i in range(factor)] + [side])
+
+
+def _permuted_axis(side: int, factor: int, perms: torch.Tensor) -> torch.Tensor:
+    """Per-sample source index of every output position when the axis' strips are concatenated in ``perms`` order."""
+    bounds = _strip_bounds(side, factor)
+    sizes = bounds[1:] - bounds[:-1]  # [f]
+    new_sizes = sizes[perms]  # [B, f]
+    new_ends = new_sizes.cumsum(1)  # [B, f]
+    pos = torch.arange(side)
+    strip = torch.searchsorted(new_ends, pos.expand(perms.shape[0], side).contiguous(), right=True)  # [B, side]
+    offset = pos - (new_ends.gather(1, strip) - new_sizes.gather(1, strip))
+    return bounds[perms.gather(1, strip)] + offset
+
+
+def patch_shuffle(x: torch.Tensor, factor: int, *, generator: torch.Generator) -> torch.Tensor:
+    """RDED's ShufflePatches, per sample: permute the ``factor`` column strips, then the ``factor`` row strips.
+
+    A mosaic of factor×factor patches therefore gets its columns of tiles and its rows of tiles reordered (not an
+    arbitrary permutation of tiles), independently per image, as RDED's per-image transform does. When the side is
+    not divisible by ``factor`` the last strip keeps the remainder (RDED drops the remainder pixels; spec §8.1 notes
+    the shuffle only for divisible sizes). ``factor = 1`` is the identity, and so is EDC's patch shuffle (a no-op in
+    [C], spec §9.2 item 1). Column permutations are drawn first, then row permutations.
+    """
+    generator = _check_generator(generator)
+    if factor < 1:
+        raise ValueError(f"patch_shuffle factor must be >= 1, got {factor}")
+    if factor == 1:
+        return x
+    b, _, height, width = x.shape
+    col_perm = torch.argsort(torch.rand(b, factor, generator=generator), dim=1)
+    row_perm = torch.argsort(torch.rand(b, factor, generator=generator), dim=1)
+    cols = _permuted_axis(width, factor, col_perm).to(x.device)  # [B, W]
+    rows = _permuted_axis(height, factor, row_perm).to(x.device)  # [B, H]
+    x = x.gather(3, cols[:, None, None, :].expand(-1, x.shape[1], height, -1))
+    return x.gather(2, rows[:, None, :, None].expand(-1, x.shape[1], -1, width))
+
+
+def rand_augment(
+    x: torch.Tensor, *, generator: torch.Generator, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31
+) -> torch.Tensor:
+    """torchvision's RandAugment applied per sample, with every draw taken from ``generator``.
+
+    EDC's CIFAR, Tiny and ImageNet-10 evaluations apply ``transforms.RandAugment()`` (2 ops, magnitude 9 of 31,
+    nearest interpolation, black fill) to each image before the crop (spec §5). torchvision's batched call would
+    give one op sequence to the whole batch and reads the global RNG, so each image here gets its own call of
+    torchvision's ``v2.RandAugment`` under a forked CPU RNG seeded from ``generator`` (one draw per image). The op
+    table and magnitudes are torchvision's own. ``x`` is uint8 or float in [0, 1] (the pixel range, before
+    normalisation), ``[B, C, H, W]``; not differentiable (student-side augmentation).
+    """
+    from torchvision.transforms import v2
+
+    generator = _check_generator(generator)
+    op = v2.RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=num_magnitude_bins)
+    seeds = torch.randint(0, 2**62, (x.shape[0],), generator=generator).tolist()
+    out = torch.empty_like(x)
+    with torch.random.fork_rng(devices=[]):
+        for i, seed in enumerate(seeds):
+            torch.manual_seed(seed)
+            out[i] = op(x[i])
+    return out
+
+
+__all__ += ["patch_shuffle", "rand_augment"]
