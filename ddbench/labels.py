@@ -85,6 +85,8 @@ class Target:
 
 def ensemble_logits(models: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """Mean of the models' logits (float32); the ensemble target of EDC and of the ``ensemble`` label mode."""
+    if not models:
+        raise ValueError("ensemble_logits needs at least one model")
     logits = [m(x).float() for m in models]
     return logits[0] if len(logits) == 1 else torch.stack(logits).mean(0)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ddbench import schedules
 from ddbench.config import BASE_PROFILE, ConfigError, coerce, config_hash, field_types, from_dict, load_toml
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ SHRINK_KEYS = frozenset(
 
 #: Artifact hints a protocol with ``use_hints = true`` applies, and the field each one sets (MTT's learned lr).
 HINT_FIELDS = {"syn_lr": "lr"}
+
+#: EDC's smoothing schedules (spec edc §4.1), defined once in :mod:`ddbench.schedules`.
+SMOOTH_SCHEDULES = {"smooth": schedules.smoothing, "smooth_linear": schedules.smoothing_linear, "ssrs": schedules.ssrs}
 
 #: Label mode that defers to the distilled set's own ``SoftLabelSpec`` (resolved per artifact by the evaluator).
 ARTIFACT_LABEL_MODE = "artifact"
@@ -83,8 +87,8 @@ class Protocol:
         no_weight_decay_1d: no weight decay on parameters with ≤ 1 dimension (biases, norm weights), as the
             DWA/CDA ImageNet recipe.
         schedule: per-epoch multiplier after warmup: ``cosine`` ½(1+cos(πe/E)) to 0; ``step`` ×gamma at each
-            milestone; ``constant``; ``smooth`` EDC's ½(1+cos(πe/(ζE))) and ``smooth_linear`` 1−e/(ζE), ζ =
-            ``smooth_zeta`` (EDC §4.1).
+            milestone; ``constant``; ``smooth`` EDC's ½(1+cos(πe/(ζE))), ``smooth_linear`` 1−e/(ζE) and ``ssrs``
+            (smooth to 5E/6, then a linear tail), ζ = ``smooth_zeta`` (EDC §4.1, :mod:`ddbench.schedules`).
         warmup_epochs, warmup_start_factor: linear warmup from ``start_factor·lr`` (torchvision LinearLR); the main
             schedule then runs over the remaining ``epochs − warmup_epochs`` epochs.
         milestones, gamma: for ``step``; epoch e runs at lr·gamma^(number of milestones ≤ e).
@@ -137,7 +141,7 @@ class Protocol:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 5e-4
     no_weight_decay_1d: bool = False
-    schedule: Literal["cosine", "step", "constant", "smooth", "smooth_linear"] = "cosine"
+    schedule: Literal["cosine", "step", "constant", "smooth", "smooth_linear", "ssrs"] = "cosine"
     smooth_zeta: float = 2.0
     warmup_epochs: int = 0
     warmup_start_factor: float = 0.01
@@ -214,10 +218,8 @@ class Protocol:
         e, n = epoch - self.warmup_epochs, self.epochs - self.warmup_epochs
         if self.schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * e / n))
-        if self.schedule == "smooth":
-            return 0.5 * (1 + math.cos(math.pi * e / (self.smooth_zeta * n)))
-        if self.schedule == "smooth_linear":
-            return 1 - e / (self.smooth_zeta * n)
+        if self.schedule in SMOOTH_SCHEDULES:
+            return SMOOTH_SCHEDULES[self.schedule](e, n, self.smooth_zeta)
         if self.schedule == "step":
             return self.gamma ** sum(1 for m in self.milestones if m <= epoch)
         return 1.0

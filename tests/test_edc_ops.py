@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
+from ddbench.labels import ensemble_logits as ensemble_mean_logits
 from ddbench.models import create_model
 from ddbench.ops.augment import patch_shuffle, rand_augment, random_flip, random_resized_crop
 from ddbench.ops.bn_stats import StatsRecorder, bn_matching_loss
 from ddbench.ops.edc_matching import MomentumStats, layer_loss, statistics_loss
 from ddbench.ops.edc_targets import ObserverTargets, real_targets
-from ddbench.ops.ensemble import ensemble_mean_logits
 from ddbench.ops.flatness import FlatnessEMA, flatness_kl, same_views
 from ddbench.ops.moments import patch_grid, patch_moments, to_patches
 from ddbench.ops.rded import cell_sizes, pad_to, rded_images, select_patches, tile_mosaics

@@ -15,7 +15,7 @@ candidate real images of c (normalised, at the input size S) and an observer sco
 
 Factor 2 for ImageNet-scale inputs (four 112² patches at 224 px), 1 for CIFAR/Tiny (no mosaic: the best single
 views). The scorer is any ``logits = score_fn(x)``: RDED uses its one observer, EDC the mean logits of its
-synthesis observers (:func:`ddbench.ops.ensemble.ensemble_mean_logits`). Drawing the ``mipc`` candidates is the
+synthesis observers (:func:`ddbench.labels.ensemble_logits`). Drawing the ``mipc`` candidates is the
 caller's (a seeded draw from the class's real images); all randomness here comes from an explicit CPU generator.
 
 Deviations: none in the algorithm. [R] scores all ``mipc × num_crop`` views in one no-grad pass per class;
