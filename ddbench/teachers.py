@@ -66,6 +66,7 @@ class Teacher:
     accuracy: dict[str, float] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    width_mult: float = 1.0
 
     def record(self) -> dict[str, Any]:
         """The fields of this teacher's row in the results store (:meth:`ddbench.store.Store.add_teacher`)."""
@@ -204,6 +205,7 @@ def _teacher_from(folder: Path, meta: dict[str, Any], model: nn.Module) -> Teach
         accuracy=dict(meta.get("accuracy", {})),
         recipe=dict(meta.get("recipe", {})),
         path=folder,
+        width_mult=float(meta.get("width_mult", 1.0)),
     )
 
 

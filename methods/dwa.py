@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from ddbench_methods.sre2l import RecoverRun, SRe2L, SRe2LConfig
 
 from ddbench.method import DistillContext
+from ddbench.models import ARCHS, create_model
 from ddbench.ops.bn_stats import StatsRecorder, hookless_copy
 
 
@@ -67,7 +68,13 @@ class DWAConfig(SRe2LConfig):
         normalize_ascent: normalize each ascent step by the global gradient norm (code; D1).
         bn_stats_from: ``perturbed`` (one forward; code) or ``original`` (Eq. 15; two forwards; D2).
         dwa_accumulate_across_class_batches: reproduce the ImageNet code's accumulation (D3 + D6).
-        faithful_iter0_grad_sum: let the K ascent passes add into x.grad at iteration 0 (code; D7/D13).
+        faithful_iter0_grad_sum: let the K ascent passes add into x.grad at iteration 0 (code; D7/D13). The paper
+            preset turns it on (it reproduces the published numbers); the cpu profile keeps the fix.
+        rho_norm_scaling: scale ρ by ‖θ_init(teacher)‖ / ‖θ_init(same arch at ``rho_reference_width``)‖, spec §10's
+            rule for narrow CPU teachers (ρ is an absolute weight-space norm, so a ×0.25 ResNet-18 would otherwise
+            be perturbed relatively twice as much as the paper's). Norms are taken at the shared initialisation
+            because the paper's trained full-width teacher is not available here; the effective ρ is recorded.
+        rho_reference_width: the width multiplier the paper's ρ was set for (1 = the full-width teacher).
     """
 
     lambda_var: float = 0.11
@@ -79,11 +86,21 @@ class DWAConfig(SRe2LConfig):
     bn_stats_from: Literal["perturbed", "original"] = "perturbed"
     dwa_accumulate_across_class_batches: bool = False
     faithful_iter0_grad_sum: bool = False
+    rho_norm_scaling: bool = False
+    rho_reference_width: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rho < 0 or self.ascent_steps < 0:
             raise ValueError(f"rho and ascent_steps must be >= 0, got {self.rho}, {self.ascent_steps}")
+
+
+def init_norm(arch: str, num_classes: int, img_size: int, in_chans: int, width_mult: float, **kwargs: Any) -> float:
+    """‖θ‖₂ of ``arch`` at its (seeded) initialisation: the reference for spec §10's ρ scaling."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model(arch, num_classes, img_size, in_chans, width_mult=width_mult, **kwargs)
+    return float(global_norm(list(model.parameters())))
 
 
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -123,7 +140,28 @@ class DWA(SRe2L):
         work = hookless_copy(teacher).eval()  # no foreign hooks: another recorder on θ_T must not see our passes
         stats_model = teacher if cfg.bn_stats_from == "original" else work
         recorder = StatsRecorder().attach(stats_model)
-        return RecoverRun(teacher, work, recorder, stats_model, ctx.dataset.spec.mean, ctx.dataset.spec.std)
+        run = RecoverRun(teacher, work, recorder, stats_model, ctx.dataset.spec.mean, ctx.dataset.spec.std)
+        run.extra["rho"] = self.effective_rho(ctx)
+        return run
+
+    def effective_rho(self, ctx: DistillContext) -> float:
+        """ρ, scaled by the teacher's init-norm ratio to the reference width when ``rho_norm_scaling`` (spec §10)."""
+        cfg = self.config
+        if not cfg.rho_norm_scaling:
+            return cfg.rho
+        t = ctx.teachers[0]
+        if t.arch not in ARCHS or t.width_mult == cfg.rho_reference_width:
+            if t.arch not in ARCHS:
+                ctx.logger.warning("rho_norm_scaling: %s is not a registered arch; rho kept at %g", t.arch, cfg.rho)
+            return cfg.rho
+        shape = (ctx.dataset.num_classes, ctx.dataset.img_size, ctx.dataset.channels)
+        ratio = init_norm(t.arch, *shape, t.width_mult, **t.spec.kwargs) / init_norm(
+            t.arch, *shape, cfg.rho_reference_width, **t.spec.kwargs
+        )
+        rho = cfg.rho * ratio
+        ctx.logger.info("rho %.4g x init-norm ratio %.4f (width %g vs %g) = %.4g", cfg.rho, ratio, t.width_mult,
+                        cfg.rho_reference_width, rho)  # fmt: skip
+        return rho
 
     def synthesis_param_grads(self) -> bool:
         return self.config.dwa_accumulate_across_class_batches
@@ -179,20 +217,25 @@ class DWA(SRe2L):
         """Apply Δθ (directed or random) to the working copy; returns ‖Δθ‖₂ and ‖Δθ‖₂/‖θ_T‖₂ for the record."""
         cfg = self.config
         params = list(run.model.parameters())
-        if cfg.perturb == "directed" and cfg.ascent_steps > 0 and cfg.rho > 0:
-            self.directed_ascent(run, a, y)
-        elif cfg.perturb == "random" and cfg.rho > 0:
+        rho = run.extra.get("rho", cfg.rho)
+        if cfg.perturb == "directed" and cfg.ascent_steps > 0 and rho > 0:
+            self.directed_ascent(run, a, y, rho)
+        elif cfg.perturb == "random" and rho > 0:
             noise = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params]
-            scale = cfg.rho / float(global_norm(noise))
+            scale = rho / float(global_norm(noise))
             with torch.no_grad():
                 for p, n in zip(params, noise):
                     p.add_((n * scale).to(p.dtype).to(p.device))
         # measured from θ_T, so under the accumulate flag it is the total perturbation this batch sees
         theta_t = list(run.teacher.parameters())
         delta = global_norm([p - p0 for p, p0 in zip(params, theta_t)])
-        return {"dtheta_norm": delta.float().cpu(), "dtheta_rel": (delta / global_norm(theta_t)).float().cpu()}
+        return {
+            "dtheta_norm": delta.float().cpu(),
+            "dtheta_rel": (delta / global_norm(theta_t)).float().cpu(),
+            "rho": torch.tensor(float(rho)),
+        }
 
-    def directed_ascent(self, run: RecoverRun, a: torch.Tensor, y: torch.Tensor) -> None:
+    def directed_ascent(self, run: RecoverRun, a: torch.Tensor, y: torch.Tensor, rho: float | None = None) -> None:
         """K normalized gradient-ascent steps on CE(f_θ(a), y); BN in eval mode, running buffers untouched.
 
         Gradients accumulate into ``p.grad`` via ``backward`` so that, under the accumulate flag, the first step
@@ -210,7 +253,7 @@ class DWA(SRe2L):
             for _ in range(cfg.ascent_steps):
                 F.cross_entropy(run.model(batch), y).backward(retain_graph=faithful)
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-                step = cfg.rho / cfg.ascent_steps
+                step = (cfg.rho if rho is None else rho) / cfg.ascent_steps
                 if cfg.normalize_ascent:
                     step = step / (float(global_norm(grads)) + 1e-12)
                 with torch.no_grad():
@@ -230,6 +273,7 @@ class DWA(SRe2L):
         meta["dtheta_norm_mean"] = dtheta.mean().item()
         meta["dtheta_norm_max"] = dtheta.max().item()
         meta["dtheta_rel_mean"] = rel.mean().item()
+        meta["rho_effective"] = float(shards[0][1]["rho"].reshape(-1)[0])
         if self.config.init == "real":
             index = torch.cat([s["init_index"] for _, s in shards])[order]
             meta["init_train_indices"] = index.tolist()  # aligned with the DistilledSet's image order
