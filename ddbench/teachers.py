@@ -441,10 +441,10 @@ def get_teacher(
     width = "" if width_mult == 1.0 else f"x{width_mult:g}"  # visible in ids and table captions
     key = teacher_key(dataset, arch, spec, protocol.hash, width_mult)
     name = f"{arch}{width}-{dataset.class_hash}-{{hash}}-s{spec.seed}"
-    build = _trainer_build(dataset, arch, protocol, recipe, spec, name, device, progress)
     cache = _cache()
     kind = teacher_kind(dataset.id)
     folder = cache.path(kind, key, name)
+    build = _trainer_build(dataset, arch, protocol, recipe, spec, folder.name, device, progress)
     if not refresh and (teacher := _cached(folder, dataset, device)) is not None:
         return teacher
     art = cache.get_or_build(kind, key, build, name=name, refresh=refresh)

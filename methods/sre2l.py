@@ -88,6 +88,8 @@ class SRe2LConfig:
         aug_per_sample: draw crop/flip per image instead of once per batch (a named behavioural change, §9.2).
         save_format: ``jpeg_q75`` (faithful PIL JPEG artifact), ``png`` or ``uint8`` (lossless); see
             :mod:`ddbench.ops.recover`.
+        teacher_recipe: the teacher's training recipe (``default`` = the dataset's paper recipe, or a TOML path; the
+            GPU check cuts the CIFAR recipe's epochs this way).
         teacher_arch: teacher architecture ("" = the dataset's default teacher when it has BatchNorm, else
             ``convnet_bn``: BN matching needs BN layers, and MNIST-style datasets default to an instance-norm ConvNet).
         temperature: KD temperature preferred for evaluation (None = the protocol's).
@@ -111,6 +113,7 @@ class SRe2LConfig:
     aug_per_sample: bool = False
     save_format: Literal["jpeg_q75", "png", "uint8"] = "jpeg_q75"
     teacher_arch: str = ""
+    teacher_recipe: str = "default"
     temperature: float | None = None
     relabel: Literal["online", "stored"] = "online"
     relabel_views: int = 10
@@ -226,7 +229,7 @@ class SRe2L(Method):
         self.step_probe: StepProbe | None = None
 
     def teachers(self, dataset: Any) -> list[TeacherSpec]:
-        return [TeacherSpec(arch=self.config.teacher_arch or bn_teacher_arch(dataset))]
+        return [TeacherSpec(arch=self.config.teacher_arch or bn_teacher_arch(dataset), recipe=self.config.teacher_recipe)]
 
     def paper_protocol(self, dataset: str) -> str | None:
         return self.PAPER_PROTOCOLS.get(dataset)
