@@ -229,7 +229,9 @@ class SRe2L(Method):
         self.step_probe: StepProbe | None = None
 
     def teachers(self, dataset: Any) -> list[TeacherSpec]:
-        return [TeacherSpec(arch=self.config.teacher_arch or bn_teacher_arch(dataset), recipe=self.config.teacher_recipe)]
+        return [
+            TeacherSpec(arch=self.config.teacher_arch or bn_teacher_arch(dataset), recipe=self.config.teacher_recipe)
+        ]
 
     def paper_protocol(self, dataset: str) -> str | None:
         return self.PAPER_PROTOCOLS.get(dataset)

@@ -13,12 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ddbench.data.catalog import SPECS
+
 PAPERS = Path(__file__).resolve().parents[1] / "leaderboards" / "papers"
 HEADER = [
     "method", "dataset", "ipc", "distill_arch", "eval_arch", "protocol_note",
     "top1", "top1_std", "paper", "table", "row", "note",
 ]  # fmt: skip
-DATASETS = {"cifar10", "cifar100", "tiny-imagenet", "imagenet-1k", "imageidc"}
+DATASETS = {spec.id for spec in SPECS}  # any ddbench dataset id
 KEY = ["method", "dataset", "ipc", "distill_arch", "eval_arch", "table"]
 CSVS = sorted(PAPERS.glob("*.csv"))
 
@@ -207,3 +209,41 @@ def test_edc_and_rded_rows_name_their_protocol(allrows: pd.DataFrame) -> None:
         "cifar10": "edc-cifar10", "cifar100": "edc-cifar100", "tiny-imagenet": "edc-tiny",
         "imageidc": "edc-imageidc", "imagenet-1k": "edc-imagenet",
     }  # fmt: skip
+
+
+# -- Minimax diffusion (minimax.csv) -----------------------------------------------------------------------------------
+# (method, dataset, ipc, distill_arch, eval_arch, table, top1, std): spec minimax.md §6 (Table 1, ablation, IN-1K).
+MINIMAX_HEADLINE = [
+    ("minimax", "imagewoof", 10, "dit-xl-2", "resnet_ap10", "Table 1", 39.2, 1.3),
+    ("minimax", "imagewoof", 100, "dit-xl-2", "resnet18", "Table 1", 65.7, 0.4),
+    ("minimax", "imagewoof", 50, "dit-xl-2", "convnet_d6", "Table 1", 53.9, 0.6),
+    ("dit", "imagewoof", 70, "dit-xl-2", "resnet18", "Table 1", 51.5, 1.0),
+    ("random", "imagewoof", 20, "none", "resnet_ap10", "Table 1", 32.7, 0.4),
+    ("random", "imagewoof", 100, "none", "convnet_d6", "Table 1", 52.2, 0.4),
+    ("minimax-finetune", "imagewoof", 50, "dit-xl-2", "resnet_ap10", "Ablation (poster)", 51.0, 0.9),
+    ("minimax-lr-nomem", "imageidc", 50, "dit-xl-2", "resnet_ap10", "Ablation (poster)", 60.2, 1.2),
+    ("minimax", "imageidc", 50, "dit-xl-2", "resnet_ap10", "Ablation (poster)", 69.6, 0.2),
+    ("minimax", "imagenet-1k", 10, "dit-xl-2", "resnet18", "via Minimax README", 44.3, 0.5),
+    ("dit", "imagenet-1k", 50, "dit-xl-2", "resnet18", "via Minimax README", 52.9, 0.6),
+]
+
+
+@pytest.mark.parametrize("row", MINIMAX_HEADLINE, ids=lambda r: f"{r[0]}-{r[1]}-ipc{r[2]}-{r[4]}")
+def test_minimax_headline_cells_match_spec(allrows: pd.DataFrame, row: tuple) -> None:
+    *key, top1, std = row
+    cell = _cell(allrows, *key)
+    assert (float(cell.top1), float(cell.top1_std)) == pytest.approx((top1, std), abs=1e-9)
+
+
+def test_minimax_ablation_full_row_equals_table1(allrows: pd.DataFrame) -> None:
+    for ipc in (10, 50):
+        t1 = _cell(allrows, "minimax", "imagewoof", ipc, "dit-xl-2", "resnet_ap10", "Table 1")
+        abl = _cell(allrows, "minimax", "imagewoof", ipc, "dit-xl-2", "resnet_ap10", "Ablation (poster)")
+        assert (t1.top1, t1.top1_std) == (abl.top1, abl.top1_std)
+
+
+def test_minimax_rows_name_their_protocol(allrows: pd.DataFrame) -> None:
+    rows = allrows[allrows._file == "minimax.csv"]
+    assert len(rows) == 45 + 28 + 4  # Table 1 (3 methods × 5 ipc × 3 archs), the ablation, the IN-1K figure
+    assert set(rows[rows.dataset != "imagenet-1k"].protocol) == {"idc"}
+    assert set(rows[rows.dataset == "imagenet-1k"].protocol) == {"rded-imagenet"}

@@ -485,3 +485,83 @@ def rand_augment(
 
 
 __all__ += ["patch_shuffle", "rand_augment"]
+# -- IDC / Minimax ImageNet-subset colour augmentation (spec minimax.md §5) -------------------------------------------
+#: AlexNet's PCA of ImageNet RGB pixels (eigenvalues, and eigenvectors as columns), used by IDC's lighting noise.
+IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+#: Luma weights of IDC's grayscale (ITU-R 601).
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(_GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def apply_color_jitter(x: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """IDC's ColorJitter with given per-sample blend weights ``alphas`` ``[B, 3]`` (brightness, contrast, saturation).
+
+    Each op blends the image towards a target, ``x + α (target − x)`` (``torch.lerp``): brightness towards black,
+    contrast towards the image's mean gray level, saturation towards its per-pixel gray image (0.299 R + 0.587 G +
+    0.114 B). With α ~ U(−v, v) the factor on ``x`` is 1 − α ∈ [1 − v, 1 + v]. No clamping, as in IDC. The three ops
+    commute (each maps x to a combination of x, gray(x) and mean gray(x), and gray of a gray image is itself), so
+    IDC's random order per image changes nothing but rounding; they are applied in one fixed order.
+    """
+    if x.shape[1] != 3:
+        raise ValueError(f"colour jitter needs RGB images, got {x.shape[1]} channels")
+    a = alphas.to(device=x.device, dtype=x.dtype)
+    a_b, a_c, a_s = (a[:, k].view(-1, 1, 1, 1) for k in range(3))
+    x = torch.lerp(x, torch.zeros_like(x), a_b)
+    x = torch.lerp(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x), a_c)
+    return torch.lerp(x, _gray(x).expand_as(x), a_s)
+
+
+def color_jitter(
+    x: torch.Tensor,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+    *,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """IDC's ColorJitter(0.4, 0.4, 0.4) on a batch of [0, 1] RGB images, per-sample weights.
+
+    Draws α_brightness, α_contrast, α_saturation ~ U(−v, v) for each sample (that order, all of the first, then the
+    second, then the third), then :func:`apply_color_jitter`. A strength of 0 gives weight 0, the identity.
+    """
+    generator = _check_generator(generator)
+    b = x.shape[0]
+    strength = torch.tensor([brightness, contrast, saturation], dtype=torch.float64)
+    alphas = torch.stack([(2 * _rand(b, generator) - 1) for _ in range(3)], dim=1) * strength
+    return apply_color_jitter(x, alphas)
+
+
+def lighting_shift(alpha: torch.Tensor, eigval=IMAGENET_PCA_EIGVAL, eigvec=IMAGENET_PCA_EIGVEC) -> torch.Tensor:
+    """Per-sample RGB offsets ``[B, 3]`` of AlexNet's PCA lighting: Σ_j eigvec[:, j] · α_j · eigval_j."""
+    val = torch.as_tensor(eigval, dtype=alpha.dtype, device=alpha.device)
+    vec = torch.as_tensor(eigvec, dtype=alpha.dtype, device=alpha.device)
+    return (alpha * val) @ vec.T
+
+
+def pca_lighting(
+    x: torch.Tensor,
+    alphastd: float = 0.1,
+    *,
+    generator: torch.Generator,
+    eigval: tuple[float, ...] = IMAGENET_PCA_EIGVAL,
+    eigvec: tuple[tuple[float, ...], ...] = IMAGENET_PCA_EIGVEC,
+) -> torch.Tensor:
+    """AlexNet-style PCA lighting noise (IDC's ``Lighting``): add one RGB offset per image, α ~ N(0, alphastd²).
+
+    Applied to [0, 1] images before normalization, unclamped. α is drawn ``[B, 3]`` row by row from ``generator``.
+    """
+    generator = _check_generator(generator)
+    if alphastd == 0:
+        return x
+    alpha = torch.randn(x.shape[0], 3, generator=generator, dtype=torch.float64) * alphastd
+    shift = lighting_shift(alpha, eigval, eigvec).to(device=x.device, dtype=x.dtype)
+    return x + shift.view(-1, 3, 1, 1)
