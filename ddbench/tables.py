@@ -26,7 +26,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,31 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ACCURACY_METRICS = ("top1", "top5", "best_top1")
-METRIC_TITLES = {"top1": "Top-1 accuracy (%)", "top5": "Top-5 accuracy (%)", "best_top1": "Best-epoch top-1 (%)"}
+METRIC_TITLES = {
+    "top1": "Top-1 accuracy (%)",
+    "top5": "Top-5 accuracy (%)",
+    "best_top1": "Best-epoch top-1 (%, selected on test: auxiliary)",
+    "diversity": "Run metrics",
+    "storage": "Storage: bytes of images and stored soft labels, online-teacher forward passes per student epoch",
+    "cost": "Cost: distillation wall time and peak memory, evaluation wall time per student",
+}
+#: Metric tables that show a fixed set of names, in this column order (built by :func:`storage_frame`/`cost_frame`).
+METRIC_SETS = {
+    "storage": ("images_bytes", "soft_labels_bytes", "total_bytes", "teacher_forwards_per_epoch"),
+    "cost": ("distill_time_s", "distill_peak_mem_mb", "eval_time_per_student_s"),
+}
+#: Columns where smaller is better (bold marks the minimum).
+METRIC_LOWER_IS_BETTER = {name: True for names in METRIC_SETS.values() for name in names}
+#: How the storage and cost columns print (human units).
+METRIC_UNITS = {
+    "images_bytes": "bytes",
+    "soft_labels_bytes": "bytes",
+    "total_bytes": "bytes",
+    "teacher_forwards_per_epoch": "count",
+    "distill_time_s": "seconds",
+    "eval_time_per_student_s": "seconds",
+    "distill_peak_mem_mb": "mb",
+}
 FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv"}
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
 MISSING = "—"
@@ -58,7 +82,16 @@ MAX_ERROR_CHARS = 100
 
 
 def papers_dir() -> Path:
-    """``leaderboards/papers`` of the source checkout this package runs from."""
+    """The published-number CSVs: the installed ``ddbench_papers`` package (``leaderboards/papers`` of the source tree,
+    shipped as package data so a wheel install has them), else the checkout's folder."""
+    try:
+        from importlib.resources import files
+
+        folder = Path(str(files("ddbench_papers")))
+        if any(folder.glob("*.csv")):
+            return folder
+    except (ModuleNotFoundError, TypeError):
+        pass
     return Path(__file__).resolve().parents[1] / "leaderboards" / "papers"
 
 
@@ -129,7 +162,7 @@ class Cell:
 
 @dataclass(frozen=True)
 class Column:
-    ipc: int
+    group: str  # protocol key (split by soft-label teacher when they differ); "" for run metrics
     sub: str  # student arch, or metric name
     source: str  # "ours" or "paper"
 
@@ -143,13 +176,15 @@ def _has_error(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value)) and str(value).strip() != ""
 
 
-def _aggregate(df: pd.DataFrame, value: str, sub: str) -> dict[tuple[str, int, str], Cell]:
-    """Mean ± population std over the successful rows of each (method, ipc, sub); errors kept as footnotes."""
-    cells: dict[tuple[str, int, str], Cell] = {}
+def _aggregate(df: pd.DataFrame, value: str, sub: str) -> dict[tuple[str, int, str, str], Cell]:
+    """Mean ± population std over the successful rows of each (method, ipc, sub, group); errors as footnotes."""
+    cells: dict[tuple[str, int, str, str], Cell] = {}
     errors = df["error"] if "error" in df.columns else [None] * len(df)
     ok = [not _has_error(e) for e in errors]
     work = df.assign(_ok=ok, _err=[_short_error(e) if _has_error(e) else None for e in errors])
-    for (method, ipc, key), group in work.groupby(["method", "ipc", sub], sort=False):
+    if "_group" not in work.columns:
+        work = work.assign(_group="")
+    for (method, ipc, key, grp), group in work.groupby(["method", "ipc", sub, "_group"], sort=False):
         values = [float(v) for v in group.loc[group["_ok"], value] if v is not None and not math.isnan(float(v))]
         failed = [e for e in group["_err"] if isinstance(e, str)]
         cell = Cell(n=len(values))
@@ -161,7 +196,7 @@ def _aggregate(df: pd.DataFrame, value: str, sub: str) -> dict[tuple[str, int, s
             distinct = list(dict.fromkeys(failed))
             prefix = f"{len(failed)} of {len(failed) + len(values)} seeds failed: " if values else ""
             cell.error = prefix + "; ".join(distinct)
-        cells[(str(method), int(ipc), str(key))] = cell
+        cells[(str(method), int(ipc), str(key), str(grp))] = cell
     return cells
 
 
@@ -202,11 +237,31 @@ def _decimals(values: Iterable[float], metric_mode: bool) -> int:
     return 1 if top >= 10 else 2 if top >= 1 else 3
 
 
-def _fmt(cell: Cell, decimals: int, pm: str) -> str:
+def human(value: float, unit: str) -> str:
+    """Human units: bytes (B/KB/MB/GB, powers of 1024), seconds (s/min/h), MB of memory, counts."""
+    if unit == "bytes":
+        for scale, name in ((2**30, "GB"), (2**20, "MB"), (2**10, "KB")):
+            if abs(value) >= scale:
+                return f"{value / scale:.2f} {name}"
+        return f"{value:.0f} B"
+    if unit == "seconds":
+        if abs(value) >= 3600:
+            return f"{value / 3600:.2f} h"
+        if abs(value) >= 60:
+            return f"{value / 60:.1f} min"
+        return f"{value:.1f} s"
+    if unit == "mb":
+        return f"{value / 1024:.2f} GB" if abs(value) >= 1024 else f"{value:.0f} MB"
+    return f"{value:,.0f}"
+
+
+def _fmt(cell: Cell, decimals: int, pm: str, unit: str | None = None) -> str:
     if cell.text is not None:
         return cell.text.replace("±", pm)
     if cell.mean is None:
         return ERROR if cell.error else MISSING
+    if unit is not None:
+        return human(cell.mean, unit) + (f"{pm}{human(cell.std, unit)}" if cell.std is not None else "")
     text = f"{cell.mean:.{decimals}f}"
     return text + (f"{pm}{cell.std:.{decimals}f}" if cell.std is not None else "")
 
@@ -214,16 +269,22 @@ def _fmt(cell: Cell, decimals: int, pm: str) -> str:
 # -- the table ------------------------------------------------------------------------------------------------------
 @dataclass
 class Grid:
-    """The laid-out table before writing: rows, columns, cells, decimals per column, footnotes, caption."""
+    """The laid-out table before writing: rows (method, ipc), columns, cells, decimals, footnotes, caption."""
 
-    rows: list[str]
+    rows: list[tuple[str, int]]
     columns: list[Column]
-    cells: dict[tuple[str, Column], Cell]
+    cells: dict[tuple[tuple[str, int], Column], Cell]
     decimals: dict[Column, int]
     footnotes: list[str]
     sources: str
     caption: str
     paper: bool
+    formats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grouped(self) -> bool:
+        """Several protocol (or teacher) groups side by side: column labels name their group."""
+        return len({c.group for c in self.columns}) > 1
 
 
 def _unique(df: pd.DataFrame, column: str) -> list[Any]:
@@ -234,11 +295,41 @@ def _unique(df: pd.DataFrame, column: str) -> list[Any]:
     ]
 
 
+def _protocol_base(key: str) -> str:
+    return str(key).split("@")[0]
+
+
+def _groups_of(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str], list[str]]:
+    """Tag each evaluation row with its column group: its protocol, split by online teacher when they differ.
+
+    A table never pools rows made with different soft-label teachers: within one protocol, each teacher set gets its
+    own column group (``kd@cpu [T1]``) and a note saying which teacher ``T1`` is.
+    """
+    import pandas as pd
+
+    if "protocol" not in df.columns or not len(df):
+        return df.assign(_group=""), {}, []
+    teachers = df["eval_teachers"] if "eval_teachers" in df.columns else pd.Series([None] * len(df), index=df.index)
+    teachers = teachers.where(teachers.notna(), "")
+    labels, notes, tags = [], {}, {}
+    for proto, t in zip(df["protocol"], teachers):
+        variants = sorted(set(teachers[df["protocol"] == proto]))
+        if len(variants) <= 1:
+            labels.append(str(proto))
+            continue
+        tag = tags.setdefault(t, f"T{len(tags) + 1}")
+        label = f"{proto} [{tag}]"
+        notes[label] = f"{label}: soft labels from {t or 'no teacher (hard labels)'}"
+        labels.append(label)
+    protocols = list(dict.fromkeys(str(p) for p in df["protocol"]))
+    return df.assign(_group=labels), notes, protocols
+
+
 def _caption(df: pd.DataFrame, metric: str, metric_mode: bool, counts: list[int], user: str, paper: bool) -> str:
     parts = [user.strip().rstrip(".") + "."] if user.strip() else []
     datasets = ", ".join(map(str, _unique(df, "dataset"))) or "?"
     if metric_mode:
-        what, unit = "Run metrics", "distillation runs"
+        what, unit = METRIC_TITLES.get(metric, "Run metrics"), "distillation runs"
     else:
         what, unit = METRIC_TITLES.get(metric, metric), "evaluation seeds"
     lo, hi = (min(counts), max(counts)) if counts else (0, 0)
@@ -259,7 +350,7 @@ def _caption(df: pd.DataFrame, metric: str, metric_mode: bool, counts: list[int]
             else:
                 protos = ", ".join(map(str, _unique(df, "protocol")))
             if protos:
-                parts.append(f"Protocol {protos}.")
+                parts.append(f"Protocol{'s' if ',' in protos else ''} {protos}.")
         online = _unique(df, "eval_teachers")
         teachers = _unique(df, "teacher_id")
         if online:
@@ -268,9 +359,58 @@ def _caption(df: pd.DataFrame, metric: str, metric_mode: bool, counts: list[int]
             parts.append(f"Distilled with teacher {', '.join(map(str, teachers))}.")
         elif not online:
             parts.append("Teacher: none.")
+    devices = _unique(df, "run_device") or _unique(df, "device")
+    if devices:
+        parts.append(f"Device {', '.join(map(str, devices))}.")
     if paper:
         parts.append("(paper) columns: published numbers as printed, not reproduced.")
     return " ".join(parts)
+
+
+def _paper_for(
+    paper_df: pd.DataFrame,
+    groups: dict[str, str],
+    ours: dict,
+    methods: Sequence[str] | None,
+    ipcs: Sequence[int] | None,
+    archs: Sequence[str] | None,
+    distill_arch: str | None,
+) -> tuple[dict, list[tuple[str, str, str]], set]:
+    """Published cells placed beside our cells of the protocol they were measured under.
+
+    ``groups`` maps each of our column groups to its protocol key; a published row with protocol ``dwa-cifar`` sits in
+    every group whose protocol is ``dwa-cifar`` or a scaled profile of it (``dwa-cifar@cpu``, noted in the caption).
+    Published rows of a protocol we have no numbers for, or without a protocol, are not shown beside ours.
+    """
+    p = paper_df
+    if methods is not None:
+        p = p[p["method"].isin(list(methods))]
+    elif ours:
+        p = p[p["method"].isin({k[0] for k in ours})]  # by default, only methods we have numbers for
+    if ipcs is not None:
+        p = p[p["ipc"].isin([int(i) for i in ipcs])]
+    if archs is not None:
+        p = p[p["eval_arch"].isin(list(archs))]
+    import pandas as pd
+
+    protocol_col = p["protocol"] if "protocol" in p.columns else pd.Series([""] * len(p), index=p.index)
+    cells: dict[tuple[str, int, str, str], Cell] = {}
+    sources: list[tuple[str, str, str]] = []
+    scaled: set[str] = set()
+    for group, proto in groups.items():
+        part = p[(protocol_col == _protocol_base(proto)) & (protocol_col != "")]
+        if ours:  # paper numbers sit beside ours; they do not add columns of their own
+            have = {(k[1], k[2]) for k in ours if k[3] == group}
+            part = part[[(int(i), a) in have for i, a in zip(part["ipc"], part["eval_arch"])]]
+        if not len(part):
+            continue
+        found, src = _paper_cells(part, distill_arch)
+        for (label, ipc, arch), cell in found.items():
+            cells[(label, ipc, arch, group)] = cell
+        sources += [s for s in src if s not in sources]
+        if proto != _protocol_base(proto):
+            scaled.add(f"{proto} is the {proto.split('@', 1)[1]} profile of {_protocol_base(proto)}")
+    return cells, sources, scaled
 
 
 def layout(
@@ -289,7 +429,7 @@ def layout(
 
     metric_mode = metric not in ACCURACY_METRICS
     value, sub = ("value", "name") if metric_mode else (metric, "arch")
-    if metric_mode and metric != "diversity" and "name" in df.columns:
+    if metric_mode and metric not in METRIC_SETS and metric != "diversity" and "name" in df.columns:
         df = df[df["name"] == metric]
     if methods is not None:
         df = df[df["method"].isin(list(methods))]
@@ -297,60 +437,60 @@ def layout(
         df = df[df["ipc"].isin([int(i) for i in ipcs])]
     if archs is not None and not metric_mode:
         df = df[df["arch"].isin(list(archs))]
-    if "protocol" in df.columns and df["protocol"].nunique() > 1:
-        logger.warning(
-            "one table mixes protocols %s; pass a protocol to compare like with like",
-            ", ".join(map(str, df["protocol"].unique())),
-        )
+    group_notes: dict[str, str] = {}
+    if metric_mode:
+        df = df.assign(_group="")
+        group_proto: dict[str, str] = {}
+    else:
+        df, group_notes, _ = _groups_of(df)
+        group_proto = dict(zip(df["_group"], df["protocol"])) if "protocol" in df.columns else {}
     ours = _aggregate(df, value, sub) if len(df) else {}
 
-    paper_cells: dict[tuple[str, int, str], Cell] = {}
+    paper_cells: dict[tuple[str, int, str, str], Cell] = {}
     sources: list[tuple[str, str, str]] = []
+    scaled: set[str] = set()
     if paper_df is not None and len(paper_df) and not metric_mode:
-        p = paper_df
-        if methods is not None:
-            p = p[p["method"].isin(list(methods))]
-        elif ours:
-            p = p[p["method"].isin({k[0] for k in ours})]  # by default, only methods we have numbers for
-        if ipcs is not None:
-            p = p[p["ipc"].isin([int(i) for i in ipcs])]
-        if archs is not None:
-            p = p[p["eval_arch"].isin(list(archs))]
-        if ours:  # paper numbers sit beside ours; they do not add columns of their own
-            have = {(k[1], k[2]) for k in ours}
-            p = p[[(int(i), a) in have for i, a in zip(p["ipc"], p["eval_arch"])]]
-        paper_cells, sources = _paper_cells(p, distill_arch) if len(p) else ({}, [])
+        groups = group_proto or {str(p): str(p) for p in _unique(paper_df, "protocol") if p}
+        paper_cells, sources, scaled = _paper_for(paper_df, groups, ours, methods, ipcs, archs, distill_arch)
 
-    col_ipcs = sorted({k[1] for k in ours} | {k[1] for k in paper_cells})
-    if ipcs is not None:
-        col_ipcs = [int(i) for i in ipcs if int(i) in col_ipcs]
-    subs_present = {k[2] for k in ours} | {k[2] for k in paper_cells}
+    keys = set(ours) | set(paper_cells)
+    subs_present = {k[2] for k in keys}
     subs = [a for a in archs if a in subs_present] if archs is not None and not metric_mode else []
     subs += sorted(subs_present - set(subs), key=_natural_key)
+    if metric_mode and metric in METRIC_SETS:
+        subs = [m for m in METRIC_SETS[metric] if m in subs_present] + [s for s in subs if s not in METRIC_SETS[metric]]
+    group_order = list(dict.fromkeys([k[3] for k in ours] + [k[3] for k in paper_cells]))
     columns: list[Column] = []
-    for ipc in col_ipcs:
+    for group in group_order:
         for s in subs:
-            if any(k[1:] == (ipc, s) for k in ours):
-                columns.append(Column(ipc, s, "ours"))
-            if any(k[1:] == (ipc, s) for k in paper_cells):
-                columns.append(Column(ipc, s, "paper"))
-    rows = method_order({k[0] for k in ours} | {k[0] for k in paper_cells})
+            if any(k[2:] == (s, group) for k in ours):
+                columns.append(Column(group, s, "ours"))
+            if any(k[2:] == (s, group) for k in paper_cells):
+                columns.append(Column(group, s, "paper"))
+    row_ipcs = sorted({k[1] for k in keys})
+    if ipcs is not None:
+        row_ipcs = [int(i) for i in ipcs if int(i) in row_ipcs]
+    labels = method_order({k[0] for k in keys})
+    rows = [(m, i) for m in labels for i in row_ipcs if any(k[0] == m and k[1] == i for k in keys)]
 
-    cells: dict[tuple[str, Column], Cell] = {}
+    cells: dict[tuple[tuple[str, int], Column], Cell] = {}
     for row in rows:
         for col in columns:
             source = ours if col.source == "ours" else paper_cells
-            cells[(row, col)] = source.get((row, col.ipc, col.sub), Cell())
+            cells[(row, col)] = source.get((row[0], row[1], col.sub, col.group), Cell())
     decimals = {
-        col: _decimals((cells[(r, col)].mean for r in rows if cells[(r, col)].mean is not None), metric_mode)
+        col: _decimals((c.mean for (r, cc), c in cells.items() if cc == col and c.mean is not None), metric_mode)
         for col in columns
     }
-    for col in columns:  # bold the best of each column, compared as printed (ties are all bold)
-        shown = {r: round(cells[(r, col)].mean, decimals[col]) for r in rows if cells[(r, col)].mean is not None}
-        if len(set(shown.values())) >= 2:  # a column where every row ties (or only one has a value) ranks nothing
-            best = max(shown.values())
-            for r, v in shown.items():
-                cells[(r, col)].bold = v == best
+    for col in columns:  # bold the best of each column among methods at the same ipc, compared as printed
+        higher = not (metric_mode and METRIC_LOWER_IS_BETTER.get(col.sub, False))
+        for ipc in row_ipcs:
+            shown = {r: round(cells[(r, col)].mean, decimals[col]) for r in rows if r[1] == ipc
+                     and cells[(r, col)].mean is not None}  # fmt: skip
+            if len(set(shown.values())) >= 2:  # every row tied (or only one value): it ranks nothing
+                best = max(shown.values()) if higher else min(shown.values())
+                for r, v in shown.items():
+                    cells[(r, col)].bold = v == best
     footnotes: list[str] = []
     for row in rows:
         for col in columns:
@@ -372,7 +512,11 @@ def layout(
     counts = [c.n for (_, col), c in cells.items() if col.source == "ours" and c.mean is not None]
     frame = df if len(df) else pd.DataFrame({"dataset": _unique(paper_df, "dataset") if paper_df is not None else []})
     text = _caption(frame, metric, metric_mode, counts, caption, bool(paper_cells))
-    return Grid(rows, columns, cells, decimals, footnotes, source_text, text, bool(paper_cells))
+    extra = [group_notes[g] for g in group_order if g in group_notes] + sorted(scaled)
+    if extra:
+        text += " " + "; ".join(extra) + "."
+    return Grid(rows, columns, cells, decimals, footnotes, source_text, text, bool(paper_cells),
+                {"metric_mode": metric_mode, "metric": metric})  # fmt: skip
 
 
 def build_table(
@@ -389,17 +533,22 @@ def build_table(
 ) -> str:
     """A paper-style table of ``df`` as Markdown, LaTeX or CSV text.
 
+    Rows are (method, ipc), ``random`` first; columns are student architectures, grouped by protocol (and split by
+    online soft-label teacher when those differ within a protocol) when ``df`` holds several.
+
     Args:
         df: tidy evaluation rows (``method, ipc, arch, eval_seed, top1, ..., error, protocol, protocol_version,
-            teacher_id, dataset``), or metric rows (``method, ipc, name, value``) for ``metric="diversity"``.
-        metric: ``top1``/``top5``/``best_top1``; ``diversity`` tabulates every metric name in ``df`` (columns are
-            ipc × metric name, seeds are distillation runs); any other value selects one metric name.
+            teacher_id, eval_teachers, dataset``), or metric rows (``method, ipc, name, value``) for run metrics.
+        metric: ``top1``/``top5``/``best_top1``; ``diversity`` tabulates every metric name in ``df``; ``storage`` and
+            ``cost`` the rows of :func:`storage_frame` / :func:`cost_frame` in human units (smaller is bold); any
+            other value selects one metric name.
         archs: student architectures, in column order (default: all, natural order).
-        ipcs: ipc values, in column order (default: all, ascending).
+        ipcs: ipc values, in row order (default: all, ascending).
         methods: rows to keep (default: all; published rows only for methods that have reproduced numbers).
         fmt: ``md``, ``latex`` or ``csv``.
         caption: a title sentence put before the generated caption.
-        paper_df: published numbers (:func:`load_paper_numbers`), shown in separate ``(paper)`` sub-columns.
+        paper_df: published numbers (:func:`load_paper_numbers`), shown in ``(paper)`` columns beside our columns
+            of the protocol each was measured under.
         distill_arch: the distillation architecture of our runs, to pick which published row sits beside them.
     """
     if fmt not in FORMATS:
@@ -420,19 +569,16 @@ def build_table(
 
 
 # -- writers --------------------------------------------------------------------------------------------------------
-def _sub_label(col: Column, grid: Grid) -> str:
-    return f"{col.sub} ({col.source})" if grid.paper else col.sub
+def _col_label(col: Column, grid: Grid) -> str:
+    label = col.sub
+    if grid.grouped:
+        label = f"{label} · {col.group}"
+    return f"{label} ({col.source})" if grid.paper else label
 
 
-def _groups(grid: Grid) -> list[tuple[int, int]]:
-    """(ipc, number of columns) for each ipc group, in order."""
-    out: list[tuple[int, int]] = []
-    for col in grid.columns:
-        if out and out[-1][0] == col.ipc:
-            out[-1] = (col.ipc, out[-1][1] + 1)
-        else:
-            out.append((col.ipc, 1))
-    return out
+def _cell_text(grid: Grid, row: tuple[str, int], col: Column, pm: str) -> str:
+    unit = METRIC_UNITS.get(col.sub) if grid.formats.get("metric_mode") else None
+    return _fmt(grid.cells[(row, col)], grid.decimals[col], pm, unit)
 
 
 def _md_escape(text: str) -> str:
@@ -440,19 +586,15 @@ def _md_escape(text: str) -> str:
 
 
 def to_markdown(grid: Grid) -> str:
-    """GitHub-flavoured Markdown: caption, a two-row header (ipc, then arch), footnotes and sources."""
-    header = ["Method"]
-    for ipc, span in _groups(grid):
-        header += [f"IPC {ipc}"] + [""] * (span - 1)
+    """GitHub-flavoured Markdown: caption, one header row (Method, IPC, one column per student and group), notes."""
     lines = [f"Table: {grid.caption}", ""]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join([":--"] + [":-:"] * len(grid.columns)) + "|")
-    lines.append("| " + " | ".join([""] + [_md_escape(_sub_label(c, grid)) for c in grid.columns]) + " |")
+    lines.append("| " + " | ".join(["Method", "IPC"] + [_md_escape(_col_label(c, grid)) for c in grid.columns]) + " |")
+    lines.append("|" + "|".join([":--", ":-:"] + [":-:"] * len(grid.columns)) + "|")
     for row in grid.rows:
-        out = [_md_escape(row)]
+        out = [_md_escape(row[0]), str(row[1])]
         for col in grid.columns:
             cell = grid.cells[(row, col)]
-            text = _fmt(cell, grid.decimals[col], "±")
+            text = _cell_text(grid, row, col, "±")
             if cell.bold:
                 text = f"**{text}**"
             if cell.note:
@@ -485,6 +627,7 @@ _LATEX_SPECIAL = {
     "—": "---",
     "–": "--",
     "…": r"\ldots{}",
+    "·": r"$\cdot$",
 }
 
 
@@ -492,28 +635,41 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
+def _col_groups(grid: Grid) -> list[tuple[str, int]]:
+    """(group, number of columns) for each protocol group, in order."""
+    out: list[tuple[str, int]] = []
+    for col in grid.columns:
+        if out and out[-1][0] == col.group:
+            out[-1] = (col.group, out[-1][1] + 1)
+        else:
+            out.append((col.group, 1))
+    return out
+
+
 def to_latex(grid: Grid) -> str:
-    """A booktabs ``table`` with a ``\\multicolumn`` ipc header, ``\\cmidrule`` rules and a notes block."""
-    spec = "l" + "".join(" " + "c" * span for _, span in _groups(grid))
+    """A booktabs ``table``: Method and IPC columns, a ``\\multicolumn`` header per protocol group when there are
+    several, ``\\cmidrule`` rules and a notes block."""
+    groups = _col_groups(grid)
+    spec = "lc" + "".join(" " + "c" * span for _, span in groups)
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(grid.caption)}}}"]
     lines.append(rf"\begin{{tabular}}{{{spec}}}")
     lines.append(r"\toprule")
-    top, rules, start = [""], [], 2
-    for ipc, span in _groups(grid):
-        top.append(rf"\multicolumn{{{span}}}{{c}}{{IPC {ipc}}}")
-        rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
-        start += span
-    lines.append(" & ".join(top) + r" \\")
-    if rules:
+    if grid.grouped:
+        top, rules, start = ["", ""], [], 3
+        for group, span in groups:
+            top.append(rf"\multicolumn{{{span}}}{{c}}{{{latex_escape(group)}}}")
+            rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
+            start += span
+        lines.append(" & ".join(top) + r" \\")
         lines.append(" ".join(rules))
-    lines.append(" & ".join(["Method"] + [latex_escape(_sub_label(c, grid)) for c in grid.columns]) + r" \\")
+    subs = [latex_escape(f"{c.sub} ({c.source})" if grid.paper else c.sub) for c in grid.columns]
+    lines.append(" & ".join(["Method", "IPC", *subs]) + r" \\")
     lines.append(r"\midrule")
     for row in grid.rows:
-        out = [latex_escape(row)]
+        out = [latex_escape(row[0]), str(row[1])]
         for col in grid.columns:
             cell = grid.cells[(row, col)]
-            text = _fmt(cell, grid.decimals[col], r"$\pm$")
-            text = "---" if text == MISSING else text
+            text = latex_escape(_cell_text(grid, row, col, "±"))
             if cell.bold:
                 text = rf"\textbf{{{text}}}"
             if cell.note:
@@ -532,6 +688,9 @@ def to_latex(grid: Grid) -> str:
     return "\n".join(lines) + "\n"
 
 
+CSV_COLUMNS = ["method", "ipc", "group", "column", "source", "mean", "std", "n", "display", "best", "error"]
+
+
 def to_csv(grid: Grid) -> str:
     """The aggregated cells in long form (one line per row × column), in table order."""
     import pandas as pd
@@ -542,19 +701,81 @@ def to_csv(grid: Grid) -> str:
             cell = grid.cells[(row, col)]
             records.append(
                 {
-                    "method": row,
-                    "ipc": col.ipc,
+                    "method": row[0],
+                    "ipc": row[1],
+                    "group": col.group,
                     "column": col.sub,
                     "source": col.source,
                     "mean": cell.mean,
                     "std": cell.std,
                     "n": cell.n if col.source == "ours" else None,
-                    "display": _fmt(cell, grid.decimals[col], "±"),
+                    "display": _cell_text(grid, row, col, "±"),
                     "best": cell.bold,
                     "error": cell.error,
                 }
             )
-    frame = pd.DataFrame.from_records(
-        records, columns=["method", "ipc", "column", "source", "mean", "std", "n", "display", "best", "error"]
-    )
+    frame = pd.DataFrame.from_records(records, columns=CSV_COLUMNS)
     return frame.to_csv(index=False, lineterminator="\n")
+
+
+# -- storage and cost ---------------------------------------------------------------------------------------------
+def _extra(text: Any) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(text) if isinstance(text, str) and text else {}
+    except ValueError:
+        return {}
+
+
+METRIC_ROW = ["method", "ipc", "dataset", "name", "value", "distill_seed", "run_device"]
+
+
+def _metric_row(run: dict[str, Any], name: str, value: float) -> dict[str, Any]:
+    return {"method": run["method"], "ipc": run["ipc"], "dataset": run["dataset"], "name": name, "value": value,
+            "distill_seed": run.get("distill_seed"), "run_device": run.get("device")}  # fmt: skip
+
+
+def storage_frame(runs: pd.DataFrame, evaluations: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Metric rows (method, ipc, name, value) for ``--metric storage``, one set per run.
+
+    ``images_bytes``/``soft_labels_bytes`` are the artifact's tensors (recorded by the pipeline as run metrics),
+    ``total_bytes`` their sum, and ``teacher_forwards_per_epoch`` the online-teacher forward passes one student epoch
+    costs (the largest over the run's online-teacher protocols; 0 for hard or stored labels), which is the budget
+    DD-Ranking users ask to see beside the bytes.
+    """
+    import pandas as pd
+
+    rows = []
+    for run in runs.to_dict("records"):
+        m = metrics[metrics["run_id"] == run["run_id"]] if len(metrics) else metrics
+        values = dict(zip(m["name"], m["value"])) if len(m) else {}
+        if "storage_images_bytes" not in values:
+            continue
+        images, soft = float(values["storage_images_bytes"]), float(values.get("storage_soft_labels_bytes", 0.0))
+        ev = evaluations[evaluations["run_id"] == run["run_id"]] if len(evaluations) else evaluations
+        forwards = [float(_extra(x).get("teacher_forwards_per_epoch", 0)) for x in ev.get("extra_json", [])]
+        for name, value in (("images_bytes", images), ("soft_labels_bytes", soft), ("total_bytes", images + soft),
+                            ("teacher_forwards_per_epoch", max(forwards, default=0.0))):  # fmt: skip
+            rows.append(_metric_row(run, name, value))
+    return pd.DataFrame(rows, columns=METRIC_ROW)
+
+
+def cost_frame(runs: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:
+    """Metric rows for ``--metric cost``: distillation wall time and peak memory (per run), and evaluation wall time
+    per student (each lockstep group's wall time divided by the students trained in it), averaged over the run's rows.
+    """
+    import pandas as pd
+
+    rows = []
+    for run in runs.to_dict("records"):
+        ev = evaluations[evaluations["run_id"] == run["run_id"]] if len(evaluations) else evaluations
+        per = [float(w) / max(1, int(_extra(x).get("lockstep", 1))) for w, x in zip(ev.get("wall_time_s", []),
+               ev.get("extra_json", [])) if w is not None and not math.isnan(float(w))]  # fmt: skip
+        values = {"distill_time_s": run.get("wall_time_s"), "distill_peak_mem_mb": run.get("peak_mem_mb"),
+                  "eval_time_per_student_s": sum(per) / len(per) if per else None}  # fmt: skip
+        for name, value in values.items():
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            rows.append(_metric_row(run, name, float(value)))
+    return pd.DataFrame(rows, columns=METRIC_ROW)

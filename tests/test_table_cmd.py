@@ -1,4 +1,4 @@
-"""``ddbench table`` over a real store: one table per protocol, files written, paper columns, one-line errors."""
+"""``ddbench table`` over a real store: protocols side by side, files written, paper columns, one-line errors."""
 
 from __future__ import annotations
 
@@ -28,16 +28,17 @@ def store(tmp_path: Path) -> Path:
     return path
 
 
-def test_one_table_per_protocol_and_files(store: Path, tmp_path: Path, capsys) -> None:
+def test_protocols_side_by_side_and_files(store: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "boards"
     assert main(["-q", "table", "--dataset", "cifar-100", "--store", str(store), "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert text.count("Table: ") == 2
-    assert "Protocol dwa-cifar v1." in text and "Protocol hard@cpu v1." in text
-    assert "| random | 20.5±0.5 | — |" in text  # version 0's row of dwa-cifar is not mixed in
-    assert "| dwa | **39.5±0.5** | 60.5±0.5 |" in text
-    assert sorted(p.name for p in out.iterdir()) == ["cifar100-dwa-cifar.md", "cifar100-hard@cpu.md"]
-    assert (out / "cifar100-dwa-cifar.md").read_text() in text
+    assert text.count("Table: ") == 1 and "Protocols dwa-cifar v1, hard@cpu v1." in text
+    header = next(line for line in text.splitlines() if line.startswith("| Method"))
+    assert header == "| Method | IPC | resnet18 · dwa-cifar | resnet18 · hard@cpu |"
+    assert "| random | 10 | 20.5±0.5 | 20.5±0.5 |" in text  # version 0's row of dwa-cifar is not mixed in
+    assert "| dwa | 10 | **39.5±0.5** | **39.5±0.5** |" in text and "| dwa | 50 | 60.5±0.5 | 60.5±0.5 |" in text
+    assert sorted(p.name for p in out.iterdir()) == ["cifar100.md"]
+    assert (out / "cifar100.md").read_text() in text
 
 
 def test_protocol_prefix_formats_and_paper(store: Path, tmp_path: Path, capsys) -> None:
@@ -49,16 +50,20 @@ def test_protocol_prefix_formats_and_paper(store: Path, tmp_path: Path, capsys) 
     assert main([*base, "--with-paper"]) == 0
     text = capsys.readouterr().out
     assert "resnet18 (ours) | resnet18 (paper)" in text and "Published numbers:" in text
+    assert (
+        main(["-q", "table", "--dataset", "cifar100", "--store", str(store), "--protocol", "hard", "--with-paper"]) == 0
+    )
+    assert "(paper)" not in capsys.readouterr().out  # DWA's published numbers are dwa-cifar numbers
     assert main([*base, "--format", "csv", "--ipc", "10"]) == 0
     csv = capsys.readouterr().out
-    assert csv.splitlines()[0] == "method,ipc,column,source,mean,std,n,display,best,error"
+    assert csv.splitlines()[0] == "method,ipc,group,column,source,mean,std,n,display,best,error"
     assert ",50," not in csv
 
 
 def test_diversity_table(store: Path, capsys) -> None:
     assert main(["-q", "table", "--dataset", "cifar100", "--store", str(store), "--metric", "diversity"]) == 0
     text = capsys.readouterr().out
-    assert "feat_dist_mean" in text and "| random | 0.200 | — |" in text
+    assert "feat_dist_mean" in text and "| random | 10 | 0.200 |" in text and "| dwa | 50 | 0.600 |" in text
 
 
 def test_one_line_errors(store: Path, tmp_path: Path, capsys) -> None:
@@ -68,4 +73,8 @@ def test_one_line_errors(store: Path, tmp_path: Path, capsys) -> None:
     assert main(["-q", "table", "--dataset", "cifar10", "--store", str(store)]) == 2
     assert "no evaluations of cifar10" in capsys.readouterr().err
     assert main(["-q", "table", "--dataset", "cifar100", "--store", str(store), "--protocol", "kd"]) == 2
-    assert "found: dwa-cifar, hard@cpu" in " ".join(capsys.readouterr().err.split())  # rich may wrap the line
+    assert "found: dwa-cifar, hard@cpu" in capsys.readouterr().err
+    for bad, needle in ((["--metric", "foo"], "--metric 'foo' is not one of"), (["--ipc", "x"], "--ipc takes")):
+        assert main(["-q", "table", "--dataset", "cifar100", "--store", str(store), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err and "Traceback" not in err

@@ -47,14 +47,14 @@ def synthetic() -> pd.DataFrame:
 
 
 PAPER_CSV = """\
-method,dataset,ipc,distill_arch,eval_arch,protocol_note,top1,top1_std,paper,table,row,note
-dwa,cifar100,10,resnet18,resnet18,DWA CIFAR protocol,39.6,0.6,"Du et al. 2024 (DWA), NeurIPS",Table 1,"DWA, ResNet-18",
-dwa,cifar100,50,resnet18,resnet18,DWA CIFAR protocol,60.9,0.5,"Du et al. 2024 (DWA), NeurIPS",Table 1,"DWA, ResNet-18",
-dwa,cifar100,50,resnet18,resnet18,DWA CIFAR protocol,60.3,,"Du et al. 2024 (DWA), NeurIPS",Table 3,"✓, ResNet-18",
-dwa,cifar100,10,convnet,convnet,DWA CIFAR protocol,47.6,0.4,"Du et al. 2024 (DWA), NeurIPS",Table 1,"DWA, ConvNet",
-sre2l,cifar100,10,resnet18,resnet18,as quoted by DWA,31.60,0.5,"Du et al. 2024 (DWA), NeurIPS",Table 1,"SRe2L, RN18",
-mtt,cifar100,10,convnet,convnet,original setting,40.1,0.4,"Du et al. 2024 (DWA), NeurIPS",Table 1,"MTT, ConvNet",
-dwa,cifar10,10,resnet18,resnet18,DWA CIFAR protocol,32.6,0.4,"Du et al. 2024 (DWA), NeurIPS",Table 1,"DWA, ResNet-18",
+method,dataset,ipc,distill_arch,eval_arch,protocol_note,top1,top1_std,paper,table,row,note,protocol
+dwa,cifar100,10,resnet18,resnet18,DWA CIFAR protocol,39.6,0.6,"Du 2024 (DWA)",Table 1,"DWA, ResNet-18",,kd
+dwa,cifar100,50,resnet18,resnet18,DWA CIFAR protocol,60.9,0.5,"Du 2024 (DWA)",Table 1,"DWA, ResNet-18",,kd
+dwa,cifar100,50,resnet18,resnet18,DWA CIFAR protocol,60.3,,"Du 2024 (DWA)",Table 3,"✓, ResNet-18",,kd
+dwa,cifar100,10,convnet,convnet,DWA CIFAR protocol,47.6,0.4,"Du 2024 (DWA)",Table 1,"DWA, ConvNet",,kd
+sre2l,cifar100,10,resnet18,resnet18,as quoted by DWA,31.60,0.5,"Du 2024 (DWA)",Table 1,"SRe2L, RN18",,kd
+mtt,cifar100,10,convnet,convnet,original setting,40.1,0.4,"Du 2024 (DWA)",Table 1,"MTT, ConvNet",,mtt
+dwa,cifar10,10,resnet18,resnet18,DWA CIFAR protocol,32.6,0.4,"Du 2024 (DWA)",Table 1,"DWA, ResNet-18",,kd
 """
 
 
@@ -90,12 +90,14 @@ def test_layout_facts() -> None:
     text = build_table(synthetic(), fmt="md")
     lines = text.splitlines()
     body = [ln for ln in lines if ln.startswith("| ") and ln.split("|")[1].strip() in {"random", "dwa", "sre2l"}]
-    assert [ln.split("|")[1].strip() for ln in body] == ["random", "dwa", "sre2l"]
-    assert lines[2] == "| Method | IPC 10 |  | IPC 50 |  |"
-    assert lines[4] == "|  | convnet | resnet18 | convnet | resnet18 |"
-    assert body[0] == "| random | 15.2±0.2 | 20.3±0.2 | — | 40.2±0.2 |"
-    assert body[1] == "| dwa | **27.3** | **39.5±0.1** | — | **60.9±0.3** |"  # single seed: no ±
-    assert body[2] == "| sre2l | err[^1] | 31.5±0.2 | 30.2±0.2 | 52.2±0.1[^2] |"  # a lone value is not "best"
+    assert [ln.split("|")[1].strip() for ln in body] == ["random", "random", "dwa", "dwa", "sre2l", "sre2l"]
+    assert lines[2] == "| Method | IPC | convnet | resnet18 |"  # one header row: arch names, IPC in a column
+    assert sum(1 for ln in lines if ln.startswith("|:--")) == 1 and lines[3].startswith("|:--")
+    assert body[0] == "| random | 10 | 15.2±0.2 | 20.3±0.2 |"
+    assert body[1] == "| random | 50 | — | 40.2±0.2 |"
+    assert body[2] == "| dwa | 10 | **27.3** | **39.5±0.1** |"  # single seed: no ±; best per column at the same ipc
+    assert body[5] == "| sre2l | 50 | 30.2±0.2 | 52.2±0.1[^2] |"  # a lone value is not "best"
+    assert body[4] == "| sre2l | 10 | err[^1] | 31.5±0.2 |"
     assert "[^1]: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" in lines  # first line only
     assert "[^2]: 1 of 3 seeds failed: ValueError: loss is NaN" in lines
     caption = lines[0]
@@ -111,39 +113,103 @@ def test_mean_std_by_hand() -> None:
     grid = layout(df)
     (cell,) = grid.cells.values()
     assert cell.mean == pytest.approx(12.0) and cell.std == pytest.approx((8 / 3) ** 0.5) and cell.n == 3
-    assert "| m | 12.0±1.6 |" in build_table(df)
+    assert "| m | 1 | 12.0±1.6 |" in build_table(df)
     assert "12.0,1.63299" in build_table(df, fmt="csv")
     one = df.iloc[:1]
-    assert "| m | 10.0 |" in build_table(one)
+    assert "| m | 1 | 10.0 |" in build_table(one)
     assert "a single evaluation seed per cell (no std)" in build_table(one)
 
 
 def test_paper_columns_are_separate(paper_root: Path) -> None:
     paper = load_paper_numbers("cifar100", root=paper_root)
     grid = layout(synthetic(), paper_df=paper, distill_arch="resnet18")
-    labels = [(c.ipc, c.sub, c.source) for c in grid.columns]
-    assert labels == [
-        (10, "convnet", "ours"), (10, "convnet", "paper"), (10, "resnet18", "ours"), (10, "resnet18", "paper"),
-        (50, "convnet", "ours"), (50, "resnet18", "ours"), (50, "resnet18", "paper"),
-    ]  # fmt: skip
-    ours = {c.source: c for c in grid.columns if (c.ipc, c.sub) == (10, "resnet18")}
-    assert grid.cells[("dwa", ours["ours"])].text is None and grid.cells[("dwa", ours["ours"])].mean == pytest.approx(
-        39.5
-    )
-    assert grid.cells[("dwa", ours["paper"])].text == "39.6±0.6"
-    assert grid.cells[("sre2l", ours["paper"])].text == "31.60±0.5"  # digits kept exactly as printed
-    assert grid.cells[("random", ours["paper"])].mean is None
+    labels = [(c.group, c.sub, c.source) for c in grid.columns]
+    assert labels == [("kd", "convnet", "ours"), ("kd", "convnet", "paper"), ("kd", "resnet18", "ours"),
+                      ("kd", "resnet18", "paper")]  # fmt: skip
+    ours = {c.source: c for c in grid.columns if c.sub == "resnet18"}
+    cell = grid.cells[(("dwa", 10), ours["ours"])]
+    assert cell.text is None and cell.mean == pytest.approx(39.5)
+    assert grid.cells[(("dwa", 10), ours["paper"])].text == "39.6±0.6"
+    assert grid.cells[(("sre2l", 10), ours["paper"])].text == "31.60±0.5"  # digits kept exactly as printed
+    assert grid.cells[(("random", 10), ours["paper"])].mean is None
     # the first table wins when a paper prints a cell twice (Table 1's 60.9, not Table 3's 60.3)
-    col50 = next(c for c in grid.columns if (c.ipc, c.sub, c.source) == (50, "resnet18", "paper"))
-    assert grid.cells[("dwa", col50)].text == "60.9±0.5"
+    assert grid.cells[(("dwa", 50), ours["paper"])].text == "60.9±0.5"
     # mtt has no reproduced numbers, so it is not a row unless asked for; the convnet-distilled dwa row is
-    assert "mtt" not in grid.rows
-    assert "dwa (distilled: convnet)" in grid.rows
+    assert not any(r[0] == "mtt" for r in grid.rows)
+    assert ("dwa (distilled: convnet)", 10) in grid.rows
     text = build_table(synthetic(), paper_df=paper, distill_arch="resnet18")
     assert "resnet18 (ours) | resnet18 (paper)" in text
-    assert "Published numbers: Du et al. 2024 (DWA), NeurIPS: Table 1 (dwa, dwa (distilled: convnet), sre2l)." in text
+    assert "Published numbers: Du 2024 (DWA): Table 1 (dwa, dwa (distilled: convnet), sre2l)." in text
     asked = layout(synthetic(), paper_df=paper, methods=["random", "dwa", "mtt"], distill_arch="resnet18")
-    assert "mtt" in asked.rows and "sre2l" not in asked.rows
+    assert not any(r[0] == "sre2l" for r in asked.rows)  # mtt's row is measured under mtt, not beside kd
+
+
+def two_protocols() -> pd.DataFrame:
+    """The synthetic kd rows plus the same methods under dwa-cifar@cpu (values +1) and hard@cpu (values −10)."""
+    kd = synthetic()
+    dwa = kd.assign(protocol="dwa-cifar@cpu", protocol_version=1, top1=kd["top1"] + 1)
+    hard = kd.assign(protocol="hard@cpu", protocol_version=1, top1=kd["top1"] - 10)
+    return pd.concat([kd, dwa, hard], ignore_index=True)
+
+
+def test_two_protocols_side_by_side_with_paper_only_beside_its_own(paper_root: Path) -> None:
+    csv = PAPER_CSV.replace(",kd\n", ",dwa-cifar\n")  # these numbers were measured under DWA's protocol
+    (paper_root / "example.csv").write_text(csv, encoding="utf-8")
+    paper = load_paper_numbers("cifar100", root=paper_root)
+    grid = layout(two_protocols(), paper_df=paper, distill_arch="resnet18")
+    groups = list(dict.fromkeys(c.group for c in grid.columns))
+    assert groups == ["kd", "dwa-cifar@cpu", "hard@cpu"]
+    paper_groups = {c.group for c in grid.columns if c.source == "paper"}
+    assert paper_groups == {"dwa-cifar@cpu"}  # never beside kd or hard cells
+    col = next(c for c in grid.columns if (c.group, c.sub, c.source) == ("dwa-cifar@cpu", "resnet18", "ours"))
+    assert grid.cells[(("dwa", 10), col)].mean == pytest.approx(40.5)
+    assert "dwa-cifar@cpu is the cpu profile of dwa-cifar" in grid.caption
+    text = build_table(two_protocols(), paper_df=paper, distill_arch="resnet18")
+    check_golden("table_protocols.md", text)
+    assert text.splitlines()[2].startswith("| Method | IPC | convnet · kd (ours) | resnet18 · kd (ours) |")
+
+
+def test_different_soft_label_teachers_are_never_pooled() -> None:
+    df = synthetic()
+    other = df.assign(eval_teachers="resnet50-teacher", top1=df["top1"] + 5)
+    grid = layout(pd.concat([df.assign(eval_teachers="resnet18-teacher"), other], ignore_index=True))
+    groups = sorted({c.group for c in grid.columns})
+    assert groups == ["kd [T1]", "kd [T2]"]
+    assert "kd [T1]: soft labels from resnet18-teacher" in grid.caption
+    assert "kd [T2]: soft labels from resnet50-teacher" in grid.caption
+    means = {c.group: grid.cells[(("dwa", 10), c)].mean for c in grid.columns if c.sub == "resnet18"}
+    assert means == {"kd [T1]": pytest.approx(39.5), "kd [T2]": pytest.approx(44.5)}  # not pooled to 42.0
+
+
+def test_storage_and_cost_tables_from_hand_made_records() -> None:
+    from ddbench.tables import cost_frame, storage_frame
+
+    runs = pd.DataFrame([
+        {"run_id": "r1", "method": "random", "ipc": 10, "dataset": "cifar10", "distill_seed": 0, "device": "cuda:0",
+         "wall_time_s": 2.0, "peak_mem_mb": 500.0},
+        {"run_id": "d1", "method": "dwa", "ipc": 10, "dataset": "cifar10", "distill_seed": 0, "device": "cuda:0",
+         "wall_time_s": 7200.0, "peak_mem_mb": 3072.0},
+    ])  # fmt: skip
+    metrics = pd.DataFrame([
+        {"run_id": "r1", "name": "storage_images_bytes", "value": 3072.0 * 100},
+        {"run_id": "r1", "name": "storage_soft_labels_bytes", "value": 0.0},
+        {"run_id": "d1", "name": "storage_images_bytes", "value": 3072.0 * 100},
+        {"run_id": "d1", "name": "storage_soft_labels_bytes", "value": 4000.0},
+    ])  # fmt: skip
+    evals = pd.DataFrame([
+        {"run_id": "r1", "wall_time_s": 40.0, "extra_json": '{"teacher_forwards_per_epoch": 0, "lockstep": 4}'},
+        {"run_id": "d1", "wall_time_s": 90.0, "extra_json": '{"teacher_forwards_per_epoch": 1, "lockstep": 3}'},
+        {"run_id": "d1", "wall_time_s": 30.0, "extra_json": '{"teacher_forwards_per_epoch": 2, "lockstep": 1}'},
+    ])  # fmt: skip
+    storage = build_table(storage_frame(runs, evals, metrics), metric="storage")
+    lines = storage.splitlines()
+    assert lines[2] == "| Method | IPC | images_bytes | soft_labels_bytes | total_bytes | teacher_forwards_per_epoch |"
+    assert "| random | 10 | 300.00 KB | **0 B** | **300.00 KB** | **0** |" in lines  # 307200 B = 300 KiB
+    assert "| dwa | 10 | 300.00 KB | 3.91 KB | 303.91 KB | 2 |" in lines  # 4000 B = 3.91 KiB; max passes 2
+    assert "Device cuda:0." in storage
+    cost = build_table(cost_frame(runs, evals), metric="cost")
+    assert "| random | 10 | **2.0 s** | **500 MB** | **10.0 s** |" in cost  # 40 s over 4 lockstep students
+    assert "| dwa | 10 | 2.00 h | 3.00 GB | 30.0 s |" in cost  # (90/3 + 30/1) / 2 = 30 s per student
 
 
 def test_metric_table_for_diversity() -> None:
@@ -158,8 +224,8 @@ def test_metric_table_for_diversity() -> None:
         }
     )
     text = build_table(df, metric="diversity")
-    assert "| random | 0.250 | 0.050 | — |" in text
-    assert "| dwa | **0.625±0.125** | — | 0.400 |" in text
+    assert "| random | 10 | 0.250 | 0.050 |" in text
+    assert "| dwa | 10 | **0.625±0.125** | — |" in text and "| dwa | 50 | 0.400 | — |" in text
     assert "Run metrics on cifar100" in text and "distillation runs" in text
     assert "feat_dist_std" not in build_table(df, metric="feat_dist_mean")
 
@@ -177,8 +243,8 @@ def test_a_column_where_every_row_ties_has_no_bold() -> None:
         }
     )
     text = build_table(df, metric="diversity")
-    assert "| random | 10.0 | 0.250 |" in text
-    assert "| dwa | 10.0 | **0.500** |" in text
+    assert "| random | 10 | 10.0 | 0.250 |" in text
+    assert "| dwa | 10 | 10.0 | **0.500** |" in text
 
 
 def test_load_paper_numbers(paper_root: Path) -> None:
@@ -206,5 +272,5 @@ def test_method_order_and_bad_format() -> None:
 def test_latex_escapes_names() -> None:
     df = pd.DataFrame({"method": ["a_b"], "ipc": [1], "arch": ["efficientnet_b0"], "eval_seed": [0], "top1": [5.0]})
     text = build_table(df, fmt="latex")
-    assert r"a\_b & 5.0 \\" in text and r"efficientnet\_b0" in text
+    assert r"a\_b & 1 & 5.0 \\" in text and r"efficientnet\_b0" in text
     assert textwrap.dedent(text).startswith(r"\begin{table}")
