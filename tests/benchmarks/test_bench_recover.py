@@ -18,14 +18,12 @@ Timings on shared CPUs are noisy; compare numbers from one run on one machine on
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 
 import pytest
 import torch
+from bench_timing import flops_of, gemm_gflops, timed
 from ddbench_methods.dwa import DWA, DWAConfig
 from ddbench_methods.sre2l import SRe2L, SRe2LConfig
-from torch.utils.flop_counter import FlopCounterMode
 
 from ddbench.data.dataset import Dataset
 from ddbench.data.source import TensorSource
@@ -100,30 +98,13 @@ class Stepper:
         self._session.__exit__(None, None, None)
 
 
-def gemm_gflops(n: int = 1024, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    start = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
-
-
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 @pytest.mark.parametrize("name", ["sre2l", "dwa"])
 def test_recover_step(name, setting, benchmark) -> None:
     dataset, teacher, workdir = setting
     method = SRe2L(SRe2LConfig(iterations=T_PAPER)) if name == "sre2l" else DWA(DWAConfig(iterations=T_PAPER))
     stepper = Stepper(method, dataset, teacher, workdir / name)
     try:
-        with FlopCounterMode(display=False) as counter:
-            stepper.step()
-        flops = counter.get_total_flops()
+        flops = flops_of(stepper.step)
         benchmark.pedantic(stepper.step, rounds=3, iterations=1, warmup_rounds=1)
         seconds = benchmark.stats.stats.mean
         gemm = gemm_gflops()
@@ -135,12 +116,6 @@ def test_recover_step(name, setting, benchmark) -> None:
     logger.warning("%s step: %.2f s, %.1f GFLOP, %.1f GFLOP/s (GEMM %.1f)", name, seconds, flops / 1e9,
                    flops / seconds / 1e9, gemm)  # fmt: skip
     assert flops > 0
-
-
-def flops_of(fn: Callable[[], None]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def test_dwa_over_sre2l_time_ratio(setting, benchmark) -> None:

@@ -9,18 +9,19 @@ with plain torch calls (no ddbench code at all); the harness loop is :class:`ddb
 space, label mode, loss and augmentation registries, per-model RNG slots and per-epoch loss bookkeeping.
 
 Rounds are interleaved (bare, harness, bare, harness, ...) and the reported ratio is median(bare) / median(harness)
-over the rounds of one run: ≥ 1 means the harness is as fast as the bare loop. Timings on a shared 2-core CPU swing
-by tens of percent between runs, so only the ratio measured in one run is meaningful.
+over the rounds of one run: ≥ 1 means the harness is as fast as the bare loop. FLOPs are counted on one bare epoch
+(FlopCounterMode; both loops do the same work) and set against a 1024³ GEMM timed in the same run. Timings on a
+shared 2-core CPU swing by tens of percent between runs, so only the ratio measured in one run is meaningful.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_timing import flops_of, gemm_gflops, timed
 
 from ddbench.labels import TeacherLabels
 from ddbench.models import create_model
@@ -93,22 +94,22 @@ def test_bench_trainer_vs_bare_loop(benchmark) -> None:
     images = torch.randint(0, 256, (N, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
     labels = torch.arange(N) % CLASSES
 
-    def timed(fn) -> float:
+    def epoch_seconds(fn) -> float:
         student, teacher = _models()
-        start = time.perf_counter()
-        fn(student, teacher, images, labels)
-        return time.perf_counter() - start
+        return timed(lambda: fn(student, teacher, images, labels))
 
-    timed(bare_epoch), timed(harness_epoch)  # warm-up (allocator, oneDNN kernels)
+    epoch_seconds(bare_epoch), epoch_seconds(harness_epoch)  # warm-up (allocator, oneDNN kernels)
+    epoch_flops = flops_of(lambda: bare_epoch(*_models(), images, labels))
     bare: list[float] = []
 
     def setup():
-        bare.append(timed(bare_epoch))  # one bare epoch before each harness round
+        bare.append(epoch_seconds(bare_epoch))  # one bare epoch before each harness round
         return (*_models(), images, labels), {}
 
     benchmark.pedantic(harness_epoch, setup=setup, rounds=5, iterations=1)
     t_harness = benchmark.stats.stats.median
     t_bare = statistics.median(bare)
+    gemm = gemm_gflops()
     benchmark.extra_info.update(
         {
             "bare_over_harness": round(t_bare / t_harness, 3),
@@ -116,6 +117,10 @@ def test_bench_trainer_vs_bare_loop(benchmark) -> None:
             "bare_epoch_s": round(t_bare, 3),
             "images_per_s_harness": round(N / t_harness, 1),
             "images_per_s_bare": round(N / t_bare, 1),
+            "epoch_gflop": round(epoch_flops / 1e9, 1),
+            "harness_gflops": round(epoch_flops / t_harness / 1e9, 2),
+            "gemm_gflops": round(gemm, 2),
+            "fraction_of_gemm": round(epoch_flops / t_harness / 1e9 / gemm, 3),
             "threads": torch.get_num_threads(),
             "setting": "resnet18 student + online resnet18 teacher, 32px, batch 64, crop+flip+mixup, KL T=4, AdamW",
         }
