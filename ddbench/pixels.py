@@ -59,6 +59,8 @@ class PixelSpace(abc.ABC):
     model_space: ClassVar[bool] = True
     #: dtype stored images must have (None: any float dtype)
     dtype: ClassVar[torch.dtype | None] = None
+    #: :meth:`to_pixels` needs the true dataset mean/std (``ddbench show`` stretches instead when they are unknown)
+    inverse_needs_stats: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -162,6 +164,7 @@ class NormalizedSpace(PixelSpace):
     """Float images already normalised with the dataset mean/std ((x − m)/s), e.g. MTT without ZCA."""
 
     name = "normalized"
+    inverse_needs_stats = True
 
     def test_input(self, x01: torch.Tensor) -> torch.Tensor:
         return (x01 - _vec(self.mean, x01)) / _vec(self.std, x01)

@@ -58,6 +58,25 @@ def test_normalized_images_are_denormalized_with_meta(tmp_path: Path) -> None:
     assert grid.getpixel((0, 0)) == (128, 64, 0)
 
 
+def test_zca_images_are_shown_through_the_exact_inverse_whitening() -> None:
+    """A ZCA set is displayed as the pixels it was whitened from, not de-normalised whitened values (issue 9)."""
+    from ddbench.pixels import ZCASpace
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (40, 3, 4, 4), generator=g, dtype=torch.uint8)
+    zca = ZCASpace.fit(real, eps=0.1)
+    shown = real[:2]
+    ds = DistilledSet.in_space(zca.test_input(shown.float() / 255), torch.tensor([0, 1]), zca,
+                               meta={"mean": [0.5] * 3, "std": [0.25] * 3})  # fmt: skip
+    grid = image_grid(ds, scale=1, padding=0)
+    assert grid.size == (4, 8)
+    for k in range(2):
+        for x in range(4):
+            expect = tuple(int(v) for v in shown[k, :, 0, x])
+            got = grid.getpixel((x, 4 * k))
+            assert max(abs(a - b) for a, b in zip(got, expect)) <= 1, (k, x, got, expect)
+
+
 def test_default_out_and_missing_artifact(tmp_path: Path) -> None:
     _uint8_set().save(tmp_path / "run" / "artifact")
     assert main(["-q", "show", str(tmp_path / "run")]) == 0

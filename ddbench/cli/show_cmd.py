@@ -66,18 +66,17 @@ def find_artifact(path: str | Path) -> Path:
 
 
 def to_unit_range(distilled: DistilledSet) -> torch.Tensor:
-    """The images as float ``[N, C, H, W]`` in [0, 1] for display.
+    """The images as float ``[N, C, H, W]`` in [0, 1] for display, inverted by their own pixel space.
 
-    uint8 pixels are divided by 255. Normalized (and ZCA) images are de-normalized with the manifest's
-    ``meta.mean``/``meta.std``, falling back to the dataset's registered mean/std, then clamped; when neither is
+    The set's :class:`~ddbench.pixels.PixelSpace` maps stored images back to pixels (uint8 ÷ 255, de-normalising,
+    ZCA's exact inverse with the matrices the artifact carries), then the result is clamped. Spaces whose inverse
+    needs the dataset mean/std take them from ``meta``, then from the dataset's registered spec; when neither is
     known each image is min-max stretched, which shows structure though not true colours.
     """
-    import torch
+
+    from ddbench.pixels import PIXEL_SPACES
 
     x = distilled.images
-    if distilled.pixel_space == "uint8":
-        return x.float() / 255.0
-    x = x.float()
     mean, std = distilled.meta.get("mean"), distilled.meta.get("std")
     if mean is None or std is None:
         from ddbench.data import DATASETS
@@ -86,11 +85,11 @@ def to_unit_range(distilled: DistilledSet) -> torch.Tensor:
         if isinstance(name, str) and name in DATASETS:
             spec = DATASETS.get(name)
             mean, std = spec.mean, spec.std
-    if mean is not None and std is not None and len(mean) == x.shape[1] == len(std):
-        m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-        s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x * s + m).clamp(0.0, 1.0)
+    known = mean is not None and std is not None and len(mean) == x.shape[1] == len(std)
+    if known or not PIXEL_SPACES.get(distilled.pixel_space).inverse_needs_stats:
+        return distilled.space(mean if known else None, std if known else None).to_unit(x)
     logger.info("no mean/std for %s pixels; stretching each image to [0, 1]", distilled.pixel_space)
+    x = x.float()
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
     hi = x.amax(dim=(1, 2, 3), keepdim=True)
     return (x - lo) / (hi - lo).clamp_min(1e-12)
