@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ddbench.artifacts import CACHE, Artifact, ArtifactCache
-from ddbench.config import config_hash
+from ddbench.config import BASE_PROFILE, config_hash
 from ddbench.data.identity import dataset_key
 from ddbench.ops.trajectories import ExpertTrajectory, TrajectoryRecorder, export_replay_buffers
 from ddbench.pixels import NormalizedSpace, PixelSpace, UInt8Space, fit_zca
@@ -102,11 +102,17 @@ def expert_space(dataset: Dataset, zca: bool, eps: float = 0.1) -> PixelSpace:
 
 
 def expert_recipe(dataset: Dataset, spec: ExpertSpec, profile: str) -> Any:
-    """The recipe protocol of ``spec`` under ``profile``, with E set when the spec gives it."""
+    """The recipe protocol of ``spec``, with E set when the spec gives it.
+
+    ``profile`` applies only when E is not given (the cpu profile of a recipe shrinks nothing but epochs), so
+    ``ddbench experts --epochs E`` under any preset and a run with ``train_epochs = E`` name the same experts.
+    """
     from ddbench.teachers import recipe_path
 
-    protocol = load_protocol(recipe_path(dataset.id, spec.recipe), profile=profile)
-    return protocol if spec.train_epochs is None else replace(protocol, epochs=spec.train_epochs)
+    path = recipe_path(dataset.id, spec.recipe)
+    if spec.train_epochs is None:
+        return load_protocol(path, profile=profile)
+    return replace(load_protocol(path, profile=BASE_PROFILE), epochs=spec.train_epochs)
 
 
 def expert_kind(dataset_id: str) -> str:

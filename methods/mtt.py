@@ -236,12 +236,12 @@ class MTT(Method):
                     with torch.no_grad():
                         syn_lr.clamp_(min=cfg.syn_lr_min)
             log["loss"].append(round(loss, 6))
-            log["syn_lr"].append(float(syn_lr))
+            log["syn_lr"].append(float(syn_lr.detach()))
             log["start_epoch"].append(s)
             log["expert"].append(k)
             if cfg.log_every and (it % cfg.log_every == 0 or it + 1 == cfg.iterations):
                 ctx.logger.info("iteration %d: loss %.4f, syn_lr %.5g, expert %d, start epoch %d", it, loss,
-                                float(syn_lr), k, s)  # fmt: skip
+                                float(syn_lr.detach()), k, s)  # fmt: skip
             ctx.progress("distill", it + 1, cfg.iterations)
 
         final_lr = float(syn_lr.detach())
