@@ -239,6 +239,8 @@ class Method(abc.ABC):
             the harness checks this before any training (SRe2L, DWA, EDC).
         soft_labels: the method's sets are meant to be scored with soft labels (the fair shared protocol is then
             ``kd``, else ``hard``).
+        own_protocol_on_cpu: score a non-paper-profile run under :meth:`paper_protocol` instead of the dataset's fair
+            one, because the sets carry evaluation hints only that protocol applies (MTT's learned lr, ``syn_lr``).
 
     The resolved configuration is ``self.config`` (one place; the context does not repeat it).
     """
@@ -249,6 +251,7 @@ class Method(abc.ABC):
     paper: ClassVar[str] = ""
     needs_bn_teacher: ClassVar[bool] = False
     soft_labels: ClassVar[bool] = False
+    own_protocol_on_cpu: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config

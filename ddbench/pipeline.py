@@ -375,12 +375,17 @@ class EvalRequest:
 def default_protocols(state: RunState) -> list[str]:
     """The paper profile scores under the method's paper protocol *and* a fair shared one; cpu under one fair one.
 
+    A method whose sets carry hints only its own protocol applies (``own_protocol_on_cpu``: MTT's learned lr) is
+    scored on cpu under that protocol instead, and so is its random baseline (with the protocol's fixed lr): one
+    protocol keeps the demo fast, and a hard-label method's number under ``kd`` would be the teacher's more than
+    the set's. ``--protocol`` adds any other.
+
     The fair protocol is ``kd`` for soft-label methods and ``hard`` otherwise (``hard`` is always available).
     """
     fair = state.dataset.spec.default_protocol
-    if state.request.profile != BASE_PROFILE:
-        return [fair]
     own = state.method.paper_protocol(state.dataset.id)
+    if state.request.profile != BASE_PROFILE:
+        return [own] if own and state.method.own_protocol_on_cpu else [fair]
     fair = "kd" if state.method.soft_labels else "hard"
     return list(dict.fromkeys([p for p in (own, fair) if p]))
 

@@ -21,6 +21,7 @@ BUILTIN_METHODS = {
     "herding": "ddbench_methods.herding:Herding",
     "sre2l": "ddbench_methods.sre2l:SRe2L",
     "dwa": "ddbench_methods.dwa:DWA",
+    "mtt": "ddbench_methods.mtt:MTT",
 }
 
 METHODS: Registry[Any] = Registry("method", base_cls="ddbench.method:Method", entry_point_group="ddbench.methods")

@@ -560,6 +560,20 @@ def test_imagenette_test_split_is_torchvision_resize_centercrop(tmp_path: Path) 
     assert not torch.equal(ds.train.all()[0], ds.test.all()[0])  # 336 vs torchvision's 335 columns: they differ
 
 
+def test_mtt_128px_subsets_squash_both_splits_to_128(tmp_path: Path) -> None:
+    """imagenette-128 (spec mtt §2): the whole photo resized to 128×128, aspect ratio ignored, train and test alike."""
+    landscape, portrait = write_photo_tree(tmp_path / "imagenette2", IMAGENETTE_WNIDS)
+    ds = load_dataset("imagenette-128", data_root=tmp_path)
+    assert ds.classes == IMAGENETTE_WNIDS and ds.train.all().shape[1:] == (3, 128, 128)
+    for path, k in ((landscape, 0), (portrait, 1)):
+        with Image.open(path) as im:
+            expected = chw(np.asarray(im.convert("RGB").resize((128, 128), Image.BILINEAR)))
+        assert torch.equal(ds.test.all()[k], expected) and torch.equal(ds.train.all()[k], expected)
+    short_side = folder.decode_files([landscape], 128, 3)[0]  # the other geometry keeps the aspect ratio
+    assert not torch.equal(short_side, ds.train.all()[0])
+    assert imagenet.fingerprint(ds.root, ds.spec) != imagenet.fingerprint(ds.root, replace(ds.spec, squash=False))
+
+
 def test_test_resize_256_matches_the_imagenet_transform(tmp_path: Path) -> None:
     landscape, portrait = write_photo_tree(tmp_path, IMAGENETTE_WNIDS)
     spec = replace(DATASETS.get("imagenette"), test_resize=256)

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ddbench.artifacts", "ddbench.data", "ddbench.models", "ddbench.ops.augment", "ddbench.schedules"),
     ("ddbench.pixels", "ddbench.labels", "ddbench.augmentations", "ddbench.protocol", "ddbench.protocols"),
     ("ddbench.distilled", "ddbench.method", "ddbench.train", "ddbench.store", "ddbench.ops", "ddbench.plugins"),
-    ("ddbench.teachers",),
+    ("ddbench.teachers", "ddbench.experts"),
     ("ddbench.evaluate", "ddbench.tables"),
     ("ddbench.pipeline",),
     ("ddbench.cli", "ddbench.__main__"),

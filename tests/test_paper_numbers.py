@@ -21,7 +21,7 @@ HEADER = [
     "top1", "top1_std", "paper", "table", "row", "note",
 ]  # fmt: skip
 DATASETS = {spec.id for spec in SPECS}  # any ddbench dataset id
-KEY = ["method", "dataset", "ipc", "distill_arch", "eval_arch", "table"]
+KEY = ["method", "dataset", "ipc", "distill_arch", "eval_arch", "paper", "table"]  # two papers' Table 1 are two tables
 CSVS = sorted(PAPERS.glob("*.csv"))
 
 
@@ -64,9 +64,12 @@ def test_unique_keys(allrows: pd.DataFrame) -> None:
     assert dup.empty, dup[[*KEY, "_file"]].to_string()
 
 
-def _cell(df: pd.DataFrame, method: str, dataset: str, ipc: int, da: str, ea: str, table: str) -> pd.Series:
+def _cell(
+    df: pd.DataFrame, method: str, dataset: str, ipc: int, da: str, ea: str, table: str, paper: str | None = None
+) -> pd.Series:
     hit = df[
-        (df.method == method)
+        (df.paper.str.startswith(paper) if paper else True)
+        & (df.method == method)
         & (df.dataset == dataset)
         & (df.ipc == str(ipc))
         & (df.distill_arch == da)
@@ -106,7 +109,7 @@ HEADLINE = [
 @pytest.mark.parametrize("row", HEADLINE, ids=lambda r: f"{r[0]}-{r[1]}-ipc{r[2]}-{r[4]}-{r[5].replace(' ', '')}")
 def test_headline_cells_match_spec(allrows: pd.DataFrame, row: tuple) -> None:
     *key, top1, std = row
-    cell = _cell(allrows, *key)
+    cell = _cell(allrows, *key, paper="Du et al. 2024 (DWA)")
     assert float(cell.top1) == pytest.approx(top1, abs=1e-9)
     if std is not None:
         assert float(cell.top1_std) == pytest.approx(std, abs=1e-9)
@@ -247,3 +250,35 @@ def test_minimax_rows_name_their_protocol(allrows: pd.DataFrame) -> None:
     assert len(rows) == 45 + 28 + 4  # Table 1 (3 methods × 5 ipc × 3 archs), the ablation, the IN-1K figure
     assert set(rows[rows.dataset != "imagenet-1k"].protocol) == {"idc"}
     assert set(rows[rows.dataset == "imagenet-1k"].protocol) == {"rded-imagenet"}
+
+
+# (method, dataset, ipc, distill_arch, eval_arch, top1, std): spec mtt.md §7, MTT paper Table 1 (seed slides 003).
+MTT_HEADLINE = [
+    ("mtt", "cifar10", 1, "convnet", "convnet", 46.3, 0.8),
+    ("mtt", "cifar10", 10, "convnet", "convnet", 65.3, 0.7),
+    ("mtt", "cifar10", 50, "convnet", "convnet", 71.6, 0.2),
+    ("mtt", "cifar100", 1, "convnet", "convnet", 24.3, 0.3),
+    ("mtt", "cifar100", 50, "convnet", "convnet", 47.7, 0.2),
+    ("mtt", "tiny-imagenet", 10, "convnet", "convnet", 23.2, 0.2),
+    ("random", "cifar10", 1, "none", "convnet", 14.4, 2.0),
+    ("dsa", "cifar100", 10, "convnet", "convnet", 32.3, 0.3),
+    ("dm", "tiny-imagenet", 50, "convnet", "convnet", 24.1, 0.3),
+]
+
+
+@pytest.mark.parametrize("row", MTT_HEADLINE, ids=lambda r: f"{r[0]}-{r[1]}-ipc{r[2]}")
+def test_mtt_table1_cells_match_spec(allrows: pd.DataFrame, row: tuple) -> None:
+    *key, top1, std = row
+    cell = _cell(allrows, *key, "Table 1", paper="Cazenavette et al. 2022 (MTT)")
+    assert (float(cell.top1), float(cell.top1_std)) == pytest.approx((top1, std), abs=1e-9)
+
+
+def test_mtt_rows_name_their_protocol_and_zca(allrows: pd.DataFrame) -> None:
+    rows = allrows[allrows._file == "mtt.csv"]
+    assert len(rows) == 9 * 3 + 6  # MTT, Random, DM on 9 settings; DSA on the 6 CIFAR ones (Tiny prints -)
+    assert set(rows[rows.method == "mtt"].protocol) == {"mtt"}
+    assert set(rows[rows.method != "mtt"].protocol) == {""}  # quoted from earlier work under their own protocols
+    starred = rows[(rows.method == "mtt") & rows.note.str.contains("printed with [*]")]
+    assert sorted(zip(starred.dataset, starred.ipc.astype(int))) == [
+        ("cifar10", 1), ("cifar10", 10), ("cifar100", 1), ("cifar100", 50)
+    ]  # fmt: skip

@@ -23,6 +23,7 @@ err_console = Console(stderr=True, highlight=False)
 SUBCOMMANDS = (
     "ddbench.cli.list_cmd",
     "ddbench.cli.teacher_cmd",
+    "ddbench.cli.experts_cmd",
     "ddbench.cli.run_cmd",
     "ddbench.cli.table_cmd",
     "ddbench.cli.show_cmd",

@@ -7,6 +7,8 @@ sorted wnid folders on disk, which is the standard index order.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ddbench.data.spec import DatasetSpec
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -105,6 +107,17 @@ def _imagenet_subset(id_: str, wnids: tuple[str, ...], release_dirs: tuple[str, 
         num_test=0,
         test_resize=224,
     )
+
+
+def _subset_128(id_: str, wnids: tuple[str, ...], release_dirs: tuple[str, ...]) -> DatasetSpec:
+    """MTT's 128-px version of an ImageNet subset (``<id>-128``, spec mtt §2): both splits squashed to 128×128.
+
+    The official ``get_dataset`` hard-codes the size and resizes to the pair (128, 128), which ignores the aspect
+    ratio, so the following ``CenterCrop(128)`` does nothing; train and test get the same geometry. Antialiased
+    (PIL), which the official tensor ``Resize`` does by default only in recent torchvision.
+    """
+    base = _imagenet_subset(id_, wnids, release_dirs)
+    return replace(base, id=f"{id_}-128", img_size=128, test_resize=0, squash=True, aliases=())
 
 
 SPECS: tuple[DatasetSpec, ...] = (
@@ -222,4 +235,6 @@ SPECS: tuple[DatasetSpec, ...] = (
     _imagenet_subset("imagenette", IMAGENETTE_WNIDS, ("imagenette2", "imagenette2-320", "imagenette")),
     _imagenet_subset("imagewoof", IMAGEWOOF_WNIDS, ("imagewoof2", "imagewoof2-320", "imagewoof")),
     _imagenet_subset("imageidc", IMAGEIDC_WNIDS, ("imageidc",)),
+    _subset_128("imagenette", IMAGENETTE_WNIDS, ("imagenette2", "imagenette2-320", "imagenette")),
+    _subset_128("imagewoof", IMAGEWOOF_WNIDS, ("imagewoof2", "imagewoof2-320", "imagewoof")),
 )

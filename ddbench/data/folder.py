@@ -226,9 +226,11 @@ def decode_key(spec: DatasetSpec) -> tuple[object, ...]:
 
     ``test_resize`` enters only when set, so the keys of datasets whose decoding did not change when it was
     introduced (CIFAR folders, Tiny-ImageNet) stay those of their existing tensor caches, while ImageNet caches
-    built with the old test geometry are not reused.
+    built with the old test geometry are not reused; ``squash`` (the 128-px MTT subsets) likewise.
     """
-    return (spec.img_size, spec.channels, *((("test_resize", spec.test_resize),) if spec.test_resize else ()))
+    extra = (("test_resize", spec.test_resize),) if spec.test_resize else ()
+    squash = (("squash", True),) if spec.squash else ()
+    return (spec.img_size, spec.channels, *extra, *squash)
 
 
 def fingerprint_lists(root: Path, spec: DatasetSpec, classes: Sequence[str], *lists: FileList) -> str:
@@ -261,7 +263,7 @@ def decode_threads() -> int:
 
 
 def decode_files(
-    paths: Sequence[Path], size: int, channels: int, threads: int | None = None, resize: int = 0
+    paths: Sequence[Path], size: int, channels: int, threads: int | None = None, resize: int = 0, squash: bool = False
 ) -> torch.Tensor:
     """Decode image files into one uint8 ``[N, C, size, size]`` tensor, in parallel.
 
@@ -280,7 +282,7 @@ def decode_files(
     def work(lo: int) -> None:
         for i in range(lo, min(lo + chunk, n)):
             try:
-                out[i] = decode_image(paths[i], size, channels, resize).transpose(2, 0, 1)
+                out[i] = decode_image(paths[i], size, channels, resize, squash).transpose(2, 0, 1)
             except (OSError, ValueError, SyntaxError) as exc:  # PIL raises all three for broken files
                 raise DatasetError(f"cannot decode image {paths[i]}: {exc}") from exc
 
@@ -301,8 +303,9 @@ def to_source(files: FileList, spec: DatasetSpec, *, test: bool = False) -> Imag
     labels = torch.as_tensor(files.labels, dtype=torch.long)
     resize = spec.test_resize if test else 0
     if spec.in_memory:
-        return TensorSource(decode_files(files.paths, spec.img_size, spec.channels, resize=resize), labels)
-    return FileSource(files.paths, labels, spec.img_size, spec.channels, resize)
+        images = decode_files(files.paths, spec.img_size, spec.channels, resize=resize, squash=spec.squash)
+        return TensorSource(images, labels)
+    return FileSource(files.paths, labels, spec.img_size, spec.channels, resize, spec.squash)
 
 
 def load_folders(

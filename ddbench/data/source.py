@@ -71,7 +71,7 @@ class SubsetSource(ImageSource):
         return self.base.load(self.indices[torch.as_tensor(indices, dtype=torch.long)])
 
 
-def decode_image(path: str | Path, size: int, channels: int, resize: int = 0) -> np.ndarray:
+def decode_image(path: str | Path, size: int, channels: int, resize: int = 0, squash: bool = False) -> np.ndarray:
     """Decode one image file to uint8 HWC at ``size``×``size`` (grayscale→RGB when 3 channels are wanted).
 
     Two geometries, one per split:
@@ -85,12 +85,17 @@ def decode_image(path: str | Path, size: int, channels: int, resize: int = 0) ->
       torchvision itself, so the test pixels are exactly those of the official evaluation code (ImageNet:
       ``Resize(256)`` + ``CenterCrop(224)``; torchvision truncates the long side and rounds the crop offset, which
       differs from the train geometry by a pixel even at ``resize == size``).
+    * ``squash`` (both splits; MTT's 128-px ImageNet subsets, spec mtt §2): the whole image resized to
+      ``size``×``size`` without keeping the aspect ratio (bilinear, antialiased), as the official
+      ``Resize((128, 128))`` + ``CenterCrop(128)`` does; the centre crop is then a no-op.
     """
     from PIL import Image
 
     with Image.open(path) as im:
         im = im.convert("RGB" if channels == 3 else "L")
-        if resize:
+        if squash:
+            im = im.resize((size, size), Image.BILINEAR)  # PIL resizing is antialiased
+        elif resize:
             from torchvision.transforms import InterpolationMode
             from torchvision.transforms import functional as tvf
 
@@ -116,8 +121,10 @@ class FileSource(ImageSource):
         img_size: int,
         channels: int,
         resize: int = 0,
+        squash: bool = False,
     ) -> None:
-        """``resize``: the geometry of :func:`decode_image` (0 for train; the spec's ``test_resize`` for test)."""
+        """``resize``, ``squash``: the geometry of :func:`decode_image` (``resize`` 0 for train; the spec's
+        ``test_resize`` for test)."""
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = [str(p) for p in paths]
@@ -125,10 +132,11 @@ class FileSource(ImageSource):
         self.img_size = img_size
         self.channels = channels
         self.resize = resize
+        self.squash = squash
 
     def load(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         idx = torch.as_tensor(indices, dtype=torch.long).tolist()
-        arrs = [decode_image(self.paths[i], self.img_size, self.channels, self.resize) for i in idx]
+        arrs = [decode_image(self.paths[i], self.img_size, self.channels, self.resize, self.squash) for i in idx]
         if not arrs:
             return torch.empty(0, self.channels, self.img_size, self.img_size, dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()

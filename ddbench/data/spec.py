@@ -41,6 +41,8 @@ class DatasetSpec:
         test_resize: test images are decoded as torchvision's ``Resize(test_resize)`` + ``CenterCrop(img_size)``,
             the official evaluation transform (ImageNet-1K: 256, crop ratio 0.875). 0: the test split is decoded
             like the train split (see :func:`ddbench.data.source.decode_image`); native-size datasets need nothing.
+        squash: both splits are resized to ``img_size``×``img_size`` ignoring the aspect ratio (MTT's 128-px
+            ImageNet subsets, spec mtt §2) instead of short side + centre crop.
     """
 
     id: str
@@ -58,6 +60,7 @@ class DatasetSpec:
     num_train: int = 0
     num_test: int = 0
     test_resize: int = 0
+    squash: bool = False
     aliases: tuple[str, ...] = field(default=())
 
     @property

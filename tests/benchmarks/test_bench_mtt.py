@@ -20,6 +20,10 @@ The test asserts the memory law it measures: full-unroll saved bytes are N times
 a single step (±20%: the DSA family drawn for a step changes its saved bytes by a few per cent; without
 augmentation the law is exact, see ``tests/test_mtt_ops.py``).
 
+``test_expert_training_vs_bare_loop``: images/s of one expert epoch (ConvNet-3, width 32 / 128, 1,024 random
+32-px images, DSA, SGD 0.01) through the harness Trainer with the snapshot callback, against a bare hand-written
+loop doing the same work (``bare_over_harness`` ≥ 1 means the harness is as fast).
+
 Timings on shared CPUs are noisy; compare numbers from one run on one machine only.
 """
 
@@ -133,3 +137,76 @@ def test_mtt_iteration(width, batch_syn, n_steps, mode, benchmark) -> None:
         assert 0.8 * n_steps * per_step <= peak <= 1.2 * n_steps * per_step  # every step's graph is kept
     else:
         assert peak <= 1.2 * per_step  # one step's double-backward graph at a time
+
+
+# -- expert training: the harness loop against a bare torch loop ----------------------------------------------------
+def _expert_data(n: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (n, 3, SIZE, SIZE), generator=g, dtype=torch.uint8), torch.arange(n) % CLASSES
+
+
+def _expert_model(width: int) -> torch.nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return create_model("convnet", CLASSES, SIZE, 3, width=width).to(DEVICE)
+
+
+def bare_expert_epoch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, g: torch.Generator) -> None:
+    """buffer.py's epoch written by hand: shuffle, normalise, DSA, CE, SGD(0.01, m 0, wd 0), batch 256."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.0)
+    mean = torch.tensor((0.4914, 0.4822, 0.4465), device=DEVICE).view(1, 3, 1, 1)
+    std = torch.tensor((0.2023, 0.1994, 0.2010), device=DEVICE).view(1, 3, 1, 1)
+    order = torch.randperm(len(labels), generator=g)
+    for lo in range(0, len(labels), 256):
+        idx = order[lo : lo + 256].to(DEVICE)
+        x = dsa((images[idx].float() / 255.0 - mean) / std, generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync()
+
+
+@pytest.mark.parametrize("width", [32, 128], ids=lambda w: f"w{w}")
+def test_expert_training_vs_bare_loop(width, benchmark) -> None:
+    """Images/s of one expert epoch through :class:`ddbench.train.Trainer` (what ``ddbench experts`` runs, with its
+    per-epoch snapshot callback) against :func:`bare_expert_epoch`; rounds interleaved, medians compared."""
+    import dataclasses
+    import statistics
+
+    from ddbench.experts import SnapshotCallback
+    from ddbench.pixels import UInt8Space
+    from ddbench.protocol import TEACHER_RECIPE_DIR, load_protocol
+    from ddbench.train import Trainer
+
+    images, labels = _expert_data()
+    images, labels = images.to(DEVICE), labels.to(DEVICE)
+    protocol = dataclasses.replace(load_protocol(TEACHER_RECIPE_DIR / "mtt-expert.toml"), epochs=1)
+    space = UInt8Space((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+    bare_model, harness_model = _expert_model(width), _expert_model(width)
+
+    def harness_epoch() -> None:
+        Trainer(protocol, space=space, device=DEVICE, callbacks=[SnapshotCallback()]).fit(
+            [harness_model], images, labels, generator=torch.Generator().manual_seed(2)
+        )
+        _sync()
+
+    def timed(fn, *args) -> float:
+        start = time.perf_counter()
+        fn(*args)
+        return time.perf_counter() - start
+
+    g = torch.Generator().manual_seed(2)
+    timed(bare_expert_epoch, bare_model, images, labels, g), timed(harness_epoch)  # warm-up
+    bare, harness = [], []
+    for _ in range(3):
+        bare.append(timed(bare_expert_epoch, bare_model, images, labels, g))
+        harness.append(timed(harness_epoch))
+    benchmark.pedantic(harness_epoch, rounds=1, iterations=1)
+    t_bare, t_harness = statistics.median(bare), statistics.median(harness)
+    rates = {"bare_img_s": len(labels) / t_bare, "harness_img_s": len(labels) / t_harness}
+    benchmark.extra_info.update({"device": DEVICE.type, "images": len(labels), **rates,
+                                 "bare_over_harness": t_bare / t_harness})  # fmt: skip
+    logger.warning("expert epoch w%d: bare %.0f img/s, harness %.0f img/s (ratio %.2f)", width, len(labels) / t_bare,
+                   len(labels) / t_harness, t_bare / t_harness)  # fmt: skip
+    assert t_harness < 2.0 * t_bare  # the loop and its snapshot callback add no large overhead
