@@ -128,8 +128,8 @@ class EDCConfig:
         iterations: T per synthesis batch.
         lr: Adam learning rate (cosine to 0 over T).
         classes_per_step: classes per synthesis batch (batch = classes_per_step·IPC images).
-        batch_images: images per synthesis batch (None or 0: unset), overriding ``classes_per_step`` (the slot list is cut into
-            consecutive batches of this size, so a class may span two batches).
+        batch_images: images per synthesis batch (None or 0: unset), overriding ``classes_per_step`` (the slot
+            list is cut into consecutive batches of this size, so a class may span two batches).
         init: ``real``, ``rded`` or ``noise``.
         rded_factor, rded_mipc, rded_num_crop: RDED init (§8.1): mosaic factor, candidates per class, views each.
         crop_scale: RandomResizedCrop area range of the synthesis augmentation ((0.5, 1) weak; (0.08, 1) CIFAR-10).
