@@ -63,6 +63,7 @@ from ddbench.ops.bn_stats import StatsRecorder
 from ddbench.ops.edc_matching import CATEGORY_MODES, MomentumStats, statistics_loss
 from ddbench.ops.flatness import FlatnessEMA, same_views
 from ddbench.ops.rded import rded_images
+from ddbench.ops.recover import clip_to_valid_
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,10 @@ class EDCConfig:
             (self.hook_bn or self.hook_conv, "at least one of hook_bn, hook_conv"),
             (self.patch >= 1 and self.rded_factor >= 1 and self.rded_num_crop >= 1, "patch, rded_* >= 1"),
             (self.stats_per_class is None or self.stats_per_class >= 1, "stats_per_class >= 1 or unset"),
+            (
+                self.reset_momentum_per_batch or self.category_mode == "aggregate",
+                "per_class matching keeps one EMA per class present, so it needs reset_momentum_per_batch = true",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -358,8 +363,9 @@ class EDC(SRe2L):
         slots = self._slots[run.extra["batch"]]
         size = ctx.dataset.img_size
         extras: dict[str, torch.Tensor] = {"slot": torch.tensor([j for _, j in slots])}
-        if cfg.init == "noise":
-            x = torch.randn(len(slots), ctx.dataset.channels, size, size, generator=generator)
+        if cfg.init == "noise":  # clipped at once: [C] clips before every augmentation (§2.7 step 2)
+            x = clip_to_valid_(torch.randn(len(slots), ctx.dataset.channels, size, size, generator=generator),
+                               ctx.dataset.spec.mean, ctx.dataset.spec.std)  # fmt: skip
         elif cfg.init == "real":
             index = torch.tensor([int(ctx.real_permutation(c, "edc-init")[j]) for c, j in slots])
             x = ctx.dataset.normalize(ctx.dataset.train.load(index))
