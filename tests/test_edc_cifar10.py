@@ -2,14 +2,16 @@
 
 One set of harness-trained weak observers (the cpu profile's ConvNet-D1, ConvNet-D2 and BN ConvNet at width 64),
 one cached statistics pass per observer, and the same evaluation for every set: ``edc-cifar10`` under its cpu
-profile, the three observers' mean logits online, a ConvNet-128 student (spec §10.3), two evaluation seeds.
+profile (final-epoch test only), the three observers' mean logits online, a ConvNet-128 student (spec §10.3), two
+evaluation seeds for the method comparison and one per ladder step (cost).
 
 * EDC (cpu preset) ≥ RDED (same observers as the scorer) ≥ SRe2L-style (EDC's loop with noise init, BN hooks only,
   one BN observer, α = 1, no flatness, no momentum), at ipc 10, within noise;
 * the CONFIG ladder A→E of :data:`ddbench_methods.edc.LADDER` (method and protocol switches): each step ≥ the
   previous within noise.
 
-Every number is printed. Cost on 2 cores: observers ~5 min, then ~1-2 min per evaluated set.
+Every number is printed. Cost on 2 cores (estimated): observers ~10 min, then ~4-5 min per evaluation (1200
+student steps of batch 25 with RandAugment and three online observers); about an hour in all.
 """
 
 from __future__ import annotations
@@ -51,12 +53,12 @@ def test_cifar10_edc_rded_sre2l_and_ladder(tmp_path) -> None:
     specs = EDC(base).teachers(ds)
     observers = [get_teacher(ds, s, profile="cpu") for s in specs]
     models = [t.model for t in observers]
-    protocol = load_protocol("edc-cifar10", profile="cpu")
+    protocol = load_protocol("edc-cifar10", profile="cpu", overrides={"test_every": 0})  # final epoch only
     device = torch.device("cpu")
 
-    def score(out, overrides=None) -> list[float]:
-        p = load_protocol("edc-cifar10", profile="cpu", overrides=overrides) if overrides else protocol
-        rows = [evaluate(out, ds, [STUDENT], p, seed=s, teachers=models)[0] for s in range(protocol.eval_seeds)]
+    def score(out, overrides=None, seeds: int = protocol.eval_seeds) -> list[float]:
+        p = load_protocol("edc-cifar10", profile="cpu", overrides={"test_every": 0, **(overrides or {})})
+        rows = [evaluate(out, ds, [STUDENT], p, seed=s, teachers=models)[0] for s in range(seeds)]
         assert all(r.error is None for r in rows)
         return [r.top1 for r in rows]
 
@@ -75,7 +77,7 @@ def test_cifar10_edc_rded_sre2l_and_ladder(tmp_path) -> None:
     report["sre2l-style"] = score(out)
     for step in "ABCDE":
         method, proto = LADDER[step]
-        report[f"ladder-{step}"] = score(edc_set(f"ladder-{step}", **method), proto)
+        report[f"ladder-{step}"] = score(edc_set(f"ladder-{step}", **method), proto, seeds=1)
     mean = {k: sum(v) / len(v) for k, v in report.items()}
     print(f"CIFAR-10 ipc10, observers {[t.id for t in observers]} ({[t.accuracy['test_top1'] for t in observers]}), "
           f"student {STUDENT}, edc-cifar10@cpu: {report}; means {mean}")  # fmt: skip
