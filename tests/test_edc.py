@@ -413,3 +413,24 @@ def test_cpu_preset_distils_digits_end_to_end(digits, observers, tmp_path) -> No
     assert out.ipc_counts().tolist() == [2] * 10 and out.images.dtype == torch.uint8
     assert out.meta["observers"] == ["tinybn-test", "tinyconv-test"] and out.meta["init"] == "real"
     assert all(math.isfinite(v) for v in out.meta["recover_ce_first_last"])
+
+
+def test_protocol_augmentations_randaugment_and_patch_shuffle() -> None:
+    """The protocol names run the ops on [0, 1] pixels: RandAugment per image, RDED's shuffle of the mosaic tiles."""
+    from ddbench.ops.augment import patch_shuffle, rand_augment
+    from ddbench.pixels import UInt8Space
+    from ddbench.train import augment_batch
+
+    space = UInt8Space((0.0,), (1.0,))
+    tiles = torch.tensor([0, 60, 120, 180], dtype=torch.uint8).view(2, 2).repeat_interleave(4, 0)
+    mosaic = tiles.repeat_interleave(4, 1).view(1, 1, 8, 8).repeat(6, 1, 1, 1)
+    shuffle = load_protocol("rded-imagenet", overrides={"aug": ("patch_shuffle",), "mix": "none"})
+    out, _ = augment_batch(mosaic, shuffle, space, torch.Generator().manual_seed(1))
+    ref = patch_shuffle(mosaic.float() / 255, 2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, ref)
+    corners = {tuple(o[0, ::4, ::4].flatten().mul(255).round().int().tolist()) for o in out}
+    assert all(sorted(c) == [0, 60, 120, 180] for c in corners) and len(corners) > 1  # tiles permuted, none lost
+    randaug = load_protocol("edc-cifar10", overrides={"aug": ("randaugment",), "mix": "none"})
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    out, _ = augment_batch(x, randaug, space, torch.Generator().manual_seed(2))
+    assert torch.equal(out, rand_augment(x.float() / 255, generator=torch.Generator().manual_seed(2)))
