@@ -70,6 +70,18 @@ def flip(x: torch.Tensor, protocol: Any, generator: torch.Generator) -> torch.Te
     return ops.random_flip(x, generator=generator, same_on_batch=False)
 
 
+@register_aug("randaugment")
+def randaugment(x: torch.Tensor, protocol: Any, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's RandAugment (2 ops, magnitude 9 of 31) per sample on [0, 1] pixels (EDC's evaluations, §5)."""
+    return ops.rand_augment(x, generator=generator)
+
+
+@register_aug("patch_shuffle")
+def patch_shuffle(x: torch.Tensor, protocol: Any, generator: torch.Generator) -> torch.Tensor:
+    """RDED's per-sample shuffle of the ``patch_factor``×``patch_factor`` mosaic's tile rows and columns (§8.1)."""
+    return ops.patch_shuffle(x, protocol.patch_factor, generator=generator)
+
+
 @register_aug("dsa", model_space=True)
 def dsa(x: torch.Tensor, protocol: Any, generator: torch.Generator) -> torch.Tensor:
     """MTT's DSA (``dsa_strategy``), one family per batch with per-sample parameters, in model space."""

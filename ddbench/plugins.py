@@ -22,6 +22,8 @@ BUILTIN_METHODS = {
     "sre2l": "ddbench_methods.sre2l:SRe2L",
     "dwa": "ddbench_methods.dwa:DWA",
     "mtt": "ddbench_methods.mtt:MTT",
+    "edc": "ddbench_methods.edc:EDC",
+    "rded": "ddbench_methods.rded:RDED",
 }
 
 METHODS: Registry[Any] = Registry("method", base_cls="ddbench.method:Method", entry_point_group="ddbench.methods")

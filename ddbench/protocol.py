@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 TEACHER_RECIPE_DIR = Path(__file__).parent / "protocols" / "teacher"
 
 #: Protocol fields added after the first release, with the default that leaves a protocol's hash unchanged.
-LATER_FIELDS: dict[str, Any] = {"width_mult": 1.0}
+LATER_FIELDS: dict[str, Any] = {"width_mult": 1.0, "patch_factor": 1}
 
 #: Keys a ``[profile.cpu]`` table may set: it shrinks the run, never changes the mechanism.
 SHRINK_KEYS = frozenset(
@@ -95,7 +95,8 @@ class Protocol:
         reset_optimizer_at_milestones: build a fresh optimizer (momentum reset) at each milestone, as MTT.
         aug: ordered batch augmentations from :data:`ddbench.augmentations.BATCH_AUGS`: ``crop_pad`` (RandomCrop
             with zero padding), ``rrc`` (RandomResizedCrop to the input size), ``flip`` (horizontal, p = ½), ``dsa``
-            (MTT's DSA), and any a plugin registers. Per-sample parameters.
+            (MTT's DSA), ``randaugment`` (torchvision RandAugment, EDC), ``patch_shuffle`` (RDED's tile shuffle of
+            ``patch_factor``), and any a plugin registers. Per-sample parameters.
         rrc_scale: RandomResizedCrop area range.
         crop_padding: RandomCrop padding as a fraction of the image side, int(f·side + ½) pixels: 0.125 is
             CIFAR's 4 px at 32 px (8 at 64, 1 at 8), so one value serves every resolution.
@@ -126,6 +127,7 @@ class Protocol:
         width_mult: channel-width multiplier of the models trained under this recipe
             (:func:`ddbench.models.create_model`; ResNet and ConvNet families only). 1 everywhere in the paper
             protocols; the ``cpu`` teacher recipes use ×0.25, spec sre2l-dwa §10's CPU-trainable ResNet-18.
+        patch_factor: mosaic factor of the ``patch_shuffle`` augmentation (RDED: 2 at ImageNet scale, 1 = identity).
     """
 
     name: str = ""
@@ -169,6 +171,7 @@ class Protocol:
     use_hints: bool = False
     holdout_per_class: int = 0
     width_mult: float = 1.0
+    patch_factor: int = 1
 
     def __post_init__(self) -> None:
         checks = [
@@ -184,6 +187,7 @@ class Protocol:
             (self.ema is None or 0 < self.ema < 1, "ema must be in (0, 1) or unset"),
             (self.smooth_zeta >= 1, "smooth_zeta must be >= 1"),
             (self.width_mult > 0, "width_mult must be > 0"),
+            (self.patch_factor >= 1, "patch_factor must be >= 1"),
             (self.eval_seeds >= 1 and self.test_every >= 0, "eval_seeds >= 1 and test_every >= 0"),
             (list(self.milestones) == sorted(self.milestones), "milestones must be ascending"),
             (

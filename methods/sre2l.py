@@ -444,6 +444,13 @@ class SRe2L(Method):
             "shards": [key for key, _, _ in units],
         }
         meta.update(self.extra_meta(shards, order))
+        return self.package(ctx, images, labels, meta, teacher)
+
+    def package(
+        self, ctx: DistillContext, images: torch.Tensor, labels: torch.Tensor, meta: dict[str, Any], teacher: nn.Module
+    ) -> DistilledSet:
+        """The DistilledSet of the saved uint8 images with its soft-label spec (relabel, §4); EDC: the ensemble."""
+        cfg = self.config
         teacher_id = ctx.teachers[0].id
         if cfg.relabel == "stored":
             x = ctx.dataset.normalize(images.to(ctx.device))

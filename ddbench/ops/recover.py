@@ -11,6 +11,8 @@ the same quantization (§3.7). ``save_format`` records how:
   4:2:0 chroma subsampling, standard tables), which is what the official SRe2L/DWA scripts save. JPEG visibly degrades
   32×32 images; this is the faithful artifact.
 * ``png`` / ``uint8``: lossless; the truncated uint8 pixels themselves (a PNG file would decode to exactly these).
+* ``uint8_round``: lossless, rounded to the nearest level instead of truncated (EDC, spec ``edc.md`` §9.2 item 13:
+  truncation darkens every pixel by half a level on average).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-SaveFormat = Literal["jpeg_q75", "png", "uint8"]
-SAVE_FORMATS: tuple[str, ...] = ("jpeg_q75", "png", "uint8")
+SaveFormat = Literal["jpeg_q75", "png", "uint8", "uint8_round"]
+SAVE_FORMATS: tuple[str, ...] = ("jpeg_q75", "png", "uint8", "uint8_round")
 
 
 def _as_4d(t: torch.Tensor | tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
@@ -59,11 +61,18 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def quantize(
-    x: torch.Tensor, mean: torch.Tensor | tuple[float, ...], std: torch.Tensor | tuple[float, ...]
+    x: torch.Tensor,
+    mean: torch.Tensor | tuple[float, ...],
+    std: torch.Tensor | tuple[float, ...],
+    *,
+    rounding: Literal["truncate", "round"] = "truncate",
 ) -> torch.Tensor:
-    """Normalized float images → uint8: denormalize, clamp to [0, 1], ×255 and **truncate** (as upstream saves)."""
+    """Normalized float images → uint8: denormalize, clamp to [0, 1], ×255 and **truncate** (as upstream saves), or
+    round to the nearest level (``rounding="round"``, EDC's ddbench default)."""
     m, s = _as_4d(mean, x), _as_4d(std, x)
     pixels = (x.detach() * s + m).clamp_(0.0, 1.0).mul_(255.0)
+    if rounding == "round":
+        pixels = pixels.round_()
     return pixels.to(torch.uint8).cpu()  # float→uint8 conversion truncates toward zero
 
 
@@ -97,5 +106,5 @@ def to_artifact(
     """The uint8 pixels evaluation will see: :func:`quantize`, then the JPEG round trip under ``jpeg_q75``."""
     if save_format not in SAVE_FORMATS:
         raise ValueError(f"save_format {save_format!r} is not one of {', '.join(SAVE_FORMATS)}")
-    pixels = quantize(x, mean, std)
+    pixels = quantize(x, mean, std, rounding="round" if save_format == "uint8_round" else "truncate")
     return jpeg_roundtrip(pixels) if save_format == "jpeg_q75" else pixels
