@@ -21,6 +21,9 @@ BUILTIN_METHODS = {
     "herding": "ddbench_methods.herding:Herding",
     "sre2l": "ddbench_methods.sre2l:SRe2L",
     "dwa": "ddbench_methods.dwa:DWA",
+    "minimax": "ddbench_methods.minimax:Minimax",
+    "dit": "ddbench_methods.minimax:DiT",
+    "dit-ft": "ddbench_methods.minimax:DiTFinetune",
 }
 
 METHODS: Registry[Any] = Registry("method", base_cls="ddbench.method:Method", entry_point_group="ddbench.methods")

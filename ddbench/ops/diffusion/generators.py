@@ -171,10 +171,7 @@ class DiffusionSpace:
 
     def to_uint8(self, z: torch.Tensor, size: int, channels: int) -> torch.Tensor:
         """Model samples → uint8 images at the dataset's ``size``: clamp to [−1, 1] (decoding first), quantize."""
-        if self.decoder is not None:
-            x = M.decode_latents(self.decoder, z)
-        else:
-            x = (z.clamp(-1.0, 1.0) + 1.0) / 2.0
+        x = M.decode_latents(self.decoder, z) if self.decoder is not None else (z.clamp(-1.0, 1.0) + 1.0) / 2.0
         if channels == 1 and x.shape[1] == 3:
             x = x.mean(1, keepdim=True)
         x = _resize(x.float(), size).clamp(0.0, 1.0)
@@ -251,7 +248,7 @@ def train_diffusion(
         optimizer.step()
         if ema is not None:
             M.ema_update(ema, model, ema_decay)
-        last = {k: float(getattr(losses, k).detach()) for k in ("total", "diffusion", "representativeness", "diversity")}
+        last = {k: float(getattr(losses, k).detach()) for k in ("total", "diffusion", "representativeness")}
         if not torch.isfinite(losses.total):
             raise RuntimeError(f"{stage}: loss became {float(losses.total)} at step {step}")
         progress(stage, step + 1, steps)
@@ -280,7 +277,7 @@ class Generator:
 
 
 def _dit_size(recipe: PretrainRecipe) -> M.DiTSize:
-    size = M.DIT_SIZES[recipe.size] if recipe.size in M.DIT_SIZES else None
+    size = M.DIT_SIZES.get(recipe.size)
     if size is None:
         raise UserError(f"unknown DiT size {recipe.size!r}; use one of {', '.join(M.DIT_SIZES)}")
     return dataclasses.replace(size, patch=recipe.patch) if recipe.patch else size
@@ -359,9 +356,7 @@ def resolve_checkpoint(source: str, subfolder: str) -> tuple[Path, str | None]:
     return (folder, subfolder) if (folder / subfolder).is_dir() else (folder, None)
 
 
-def latent_base(
-    checkpoint: str, encoder: str, decoder: str, *, device: torch.device
-) -> Generator:
+def latent_base(checkpoint: str, encoder: str, decoder: str, *, device: torch.device) -> Generator:
     """The pretrained DiT + VAEs of the latent path, from folders or the HF cache (never downloaded).
 
     The DiT sample size and the VAE's downsampling give the image size (DiT-XL/2 + SD VAE: 32 × 8 = 256 px).
