@@ -70,6 +70,18 @@ def flip(x: torch.Tensor, protocol: Any, generator: torch.Generator) -> torch.Te
     return ops.random_flip(x, generator=generator, same_on_batch=False)
 
 
+@register_aug("color_jitter")
+def color_jitter(x: torch.Tensor, protocol: Any, generator: torch.Generator) -> torch.Tensor:
+    """IDC's ColorJitter(0.4, 0.4, 0.4) (brightness, contrast, saturation), per-sample weights, RGB [0, 1] images."""
+    return ops.color_jitter(x, 0.4, 0.4, 0.4, generator=generator)
+
+
+@register_aug("pca_lighting")
+def pca_lighting(x: torch.Tensor, protocol: Any, generator: torch.Generator) -> torch.Tensor:
+    """IDC's AlexNet PCA lighting noise (α std 0.1, ImageNet eigen-values/vectors), one RGB offset per image."""
+    return ops.pca_lighting(x, 0.1, generator=generator)
+
+
 @register_aug("dsa", model_space=True)
 def dsa(x: torch.Tensor, protocol: Any, generator: torch.Generator) -> torch.Tensor:
     """MTT's DSA (``dsa_strategy``), one family per batch with per-sample parameters, in model space."""
