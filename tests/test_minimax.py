@@ -347,3 +347,30 @@ def test_distill_without_diffusers_names_the_extra(digits, tmp_path, monkeypatch
     with pytest.raises(UserError, match=r"ddbench\[diffusion\]") as info:
         make().distill(ctx_for(digits, tmp_path))
     assert "\n" not in str(info.value)
+
+
+# -- the baselines beside the method ---------------------------------------------------------------------------------
+def test_paper_baselines_get_the_runs_settings_and_random_does_not():
+    from ddbench.pipeline import RunRequest, baseline_state, default_eval_archs, default_protocols, prepare
+
+    state = prepare(RunRequest(method="minimax", dataset="digits", profile="cpu", overrides={"finetune_steps": 7}))
+    dit, ft, rnd = (baseline_state(state, m) for m in ("dit", "dit-ft", "random"))
+    assert dit.method.config.finetune_steps == ft.method.config.finetune_steps == 7
+    assert rnd.request.overrides == {} and rnd.method.name == "random"
+    assert len({state.run_id, dit.run_id, ft.run_id, rnd.run_id}) == 4
+    # the cpu profile scores every row under the method's protocol and students, so the table compares one recipe
+    assert default_protocols(state) == ["idc-32"]
+    assert default_eval_archs("cpu", state.method, "digits") == ("convnet",)
+    assert default_eval_archs("cpu", rnd.method, "digits") != ("convnet",)  # hence _finish passes the archs on
+
+
+@pytest.mark.slow
+def test_run_prints_minimax_dit_dit_ft_and_random_rows(capsys):
+    from ddbench.cli import main
+
+    tiny = [f"--set={k}={v}" for k, v in TINY.items()]
+    assert main(["-q", "run", "--method", "minimax", "--dataset", "digits", "--ipc", "2", "--preset", "cpu",
+                 "--device", "cpu", "--seeds", "0", *tiny]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "ipc" not in line]
+    assert {"minimax", "dit", "dit-ft", "random"} <= set(rows), out
