@@ -74,7 +74,12 @@ class EvalResult:
 
 
 def resolve_for_artifact(protocol: Protocol, distilled: DistilledSet) -> Protocol:
-    """Turn ``label_mode = "artifact"``, an unset temperature and hints into concrete protocol values."""
+    """Turn ``label_mode = "artifact"``, an unset temperature, hints and epochs by IPC into concrete protocol values.
+
+    The IPC of ``epochs_by_ipc`` is the set's largest class count.
+    """
+    if protocol.epochs_by_ipc and len(distilled):
+        protocol = protocol.for_ipc(int(distilled.ipc_counts().max()))
     updates: dict[str, Any] = {}
     if protocol.label_mode == ARTIFACT_LABEL_MODE:
         mode = distilled.soft_label.mode

@@ -239,8 +239,8 @@ class Method(abc.ABC):
             the harness checks this before any training (SRe2L, DWA, EDC).
         soft_labels: the method's sets are meant to be scored with soft labels (the fair shared protocol is then
             ``kd``, else ``hard``).
-        own_protocol_on_cpu: score a non-paper-profile run under :meth:`paper_protocol` instead of the dataset's fair
-            one, because the sets carry evaluation hints only that protocol applies (MTT's learned lr, ``syn_lr``).
+        baselines: other registered methods ``ddbench run`` evaluates beside this one, like the random baseline and
+            with the same ``--set``/``--config`` (a paper's own baseline columns, e.g. Minimax's ``dit``).
 
     The resolved configuration is ``self.config`` (one place; the context does not repeat it).
     """
@@ -251,7 +251,7 @@ class Method(abc.ABC):
     paper: ClassVar[str] = ""
     needs_bn_teacher: ClassVar[bool] = False
     soft_labels: ClassVar[bool] = False
-    own_protocol_on_cpu: ClassVar[bool] = False
+    baselines: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -274,6 +274,14 @@ class Method(abc.ABC):
 
     def paper_students(self, dataset: str | None) -> Sequence[str] | None:
         """The student set of the paper's cross-architecture table for ``dataset`` (None: the suite's default)."""
+        return None
+
+    def cpu_protocol(self, dataset: str) -> str | None:
+        """The protocol the ``cpu`` profile scores ``dataset`` under (None: the dataset's fair default)."""
+        return None
+
+    def cpu_students(self, dataset: str | None) -> Sequence[str] | None:
+        """The students of the ``cpu`` profile (None: the suite's cpu default)."""
         return None
 
     def min_real_per_class(self, ipc: int) -> int:

@@ -65,7 +65,8 @@ def default_eval_archs(profile: str, method: Method | None = None, dataset: str 
     otherwise the suite's default families. The cpu profile always uses :data:`CPU_EVAL_ARCHS`.
     """
     if profile != BASE_PROFILE:
-        return CPU_EVAL_ARCHS
+        cpu = method.cpu_students(dataset) if method is not None else None
+        return tuple(cpu) if cpu else CPU_EVAL_ARCHS
     paper = method.paper_students(dataset) if method is not None and dataset is not None else None
     return tuple(paper) if paper else DEFAULT_EVAL_ARCHS
 
@@ -375,17 +376,16 @@ class EvalRequest:
 def default_protocols(state: RunState) -> list[str]:
     """The paper profile scores under the method's paper protocol *and* a fair shared one; cpu under one fair one.
 
-    A method whose sets carry hints only its own protocol applies (``own_protocol_on_cpu``: MTT's learned lr) is
-    scored on cpu under that protocol instead, and so is its random baseline (with the protocol's fixed lr): one
-    protocol keeps the demo fast, and a hard-label method's number under ``kd`` would be the teacher's more than
-    the set's. ``--protocol`` adds any other.
+    A method whose sets carry hints only its own protocol applies (MTT's learned lr) names that protocol as its
+    :meth:`~ddbench.method.Method.cpu_protocol`, and its random baseline is scored under it too (with the
+    protocol's fixed lr): one protocol keeps the demo fast, and a hard-label method's number under ``kd`` would be
+    the teacher's more than the set's. ``--protocol`` adds any other.
 
     The fair protocol is ``kd`` for soft-label methods and ``hard`` otherwise (``hard`` is always available).
     """
-    fair = state.dataset.spec.default_protocol
-    own = state.method.paper_protocol(state.dataset.id)
     if state.request.profile != BASE_PROFILE:
-        return [own] if own and state.method.own_protocol_on_cpu else [fair]
+        return [state.method.cpu_protocol(state.dataset.id) or state.dataset.spec.default_protocol]
+    own = state.method.paper_protocol(state.dataset.id)
     fair = "kd" if state.method.soft_labels else "hard"
     return list(dict.fromkeys([p for p in (own, fair) if p]))
 
@@ -649,16 +649,21 @@ def protocol_teachers(
     }
 
 
-def baseline_state(state: RunState) -> RunState:
-    """The ``random`` run at the same dataset, ipc, seed and profile (its real images need no teacher)."""
+def baseline_state(state: RunState, method: str = "random") -> RunState:
+    """A baseline run at the same dataset, ipc, seed and profile: ``random`` (real images, no teacher), or one of the
+    method's :attr:`~ddbench.method.Method.baselines`, which also gets the run's ``--config`` and ``--set`` values
+    (a paper baseline shares the method's settings)."""
+    companion = method != "random"
     request = RunRequest(
-        method="random",
+        method=method,
         dataset=state.request.dataset,
         ipc=state.request.ipc,
         seed=state.request.seed,
         profile=state.request.profile,
         num_classes=state.request.num_classes,
         data_root=state.request.data_root,
+        config_file=state.request.config_file if companion else None,
+        overrides=dict(state.request.overrides) if companion else {},
         device=state.request.device,
         allow_short_classes=state.request.allow_short_classes,
     )

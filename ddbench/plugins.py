@@ -24,6 +24,9 @@ BUILTIN_METHODS = {
     "mtt": "ddbench_methods.mtt:MTT",
     "edc": "ddbench_methods.edc:EDC",
     "rded": "ddbench_methods.rded:RDED",
+    "minimax": "ddbench_methods.minimax:Minimax",
+    "dit": "ddbench_methods.minimax:DiT",
+    "dit-ft": "ddbench_methods.minimax:DiTFinetune",
 }
 
 METHODS: Registry[Any] = Registry("method", base_cls="ddbench.method:Method", entry_point_group="ddbench.methods")

@@ -30,11 +30,11 @@ logger = logging.getLogger(__name__)
 TEACHER_RECIPE_DIR = Path(__file__).parent / "protocols" / "teacher"
 
 #: Protocol fields added after the first release, with the default that leaves a protocol's hash unchanged.
-LATER_FIELDS: dict[str, Any] = {"width_mult": 1.0, "patch_factor": 1}
+LATER_FIELDS: dict[str, Any] = {"width_mult": 1.0, "patch_factor": 1, "epochs_by_ipc": (), "milestone_fractions": ()}
 
 #: Keys a ``[profile.cpu]`` table may set: it shrinks the run, never changes the mechanism.
 SHRINK_KEYS = frozenset(
-    {"epochs", "batch_size", "eval_seeds", "test_every", "warmup_epochs", "milestones", "width_mult"}
+    {"epochs", "batch_size", "eval_seeds", "test_every", "warmup_epochs", "milestones", "width_mult", "epochs_by_ipc"}
 )
 
 #: Artifact hints a protocol with ``use_hints = true`` applies, and the field each one sets (MTT's learned lr).
@@ -77,7 +77,9 @@ class Protocol:
         version: bump whenever a change can move numbers; part of every record.
         description: one paragraph: source and purpose.
         profile: the profile this instance was resolved under (``paper`` or e.g. ``cpu``); set by the loader.
-        epochs: passes over the distilled set.
+        epochs: passes over the distilled set (the IPC above every ``epochs_by_ipc`` bound, if that is set).
+        epochs_by_ipc: ``(max_ipc, epochs)`` pairs, ascending: a set with at most ``max_ipc`` images per class trains
+            for the first matching ``epochs`` (IDC/Minimax's table, spec minimax §5); :meth:`for_ipc` applies it.
         batch_size: images per step; the last batch of an epoch may be smaller (DataLoader ``drop_last=False``).
         optimizer: ``sgd``, ``adamw`` or ``adam``.
         lr: base learning rate (an artifact hint may replace it when ``use_hints``).
@@ -92,6 +94,8 @@ class Protocol:
         warmup_epochs, warmup_start_factor: linear warmup from ``start_factor·lr`` (torchvision LinearLR); the main
             schedule then runs over the remaining ``epochs − warmup_epochs`` epochs.
         milestones, gamma: for ``step``; epoch e runs at lr·gamma^(number of milestones ≤ e).
+        milestone_fractions: for ``step``, milestones as fractions of ``epochs`` (⌊f·epochs⌋, IDC's 2/3 and 5/6),
+            used instead of ``milestones`` when set, so they follow the epochs of :meth:`for_ipc`.
         reset_optimizer_at_milestones: build a fresh optimizer (momentum reset) at each milestone, as MTT.
         aug: ordered batch augmentations from :data:`ddbench.augmentations.BATCH_AUGS`: ``crop_pad`` (RandomCrop
             with zero padding), ``rrc`` (RandomResizedCrop to the input size), ``flip`` (horizontal, p = ½), ``dsa``
@@ -135,6 +139,7 @@ class Protocol:
     description: str = ""
     profile: str = BASE_PROFILE
     epochs: int = 300
+    epochs_by_ipc: tuple[tuple[int, int], ...] = ()
     batch_size: int = 128
     optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
     lr: float = 0.01
@@ -148,6 +153,7 @@ class Protocol:
     warmup_epochs: int = 0
     warmup_start_factor: float = 0.01
     milestones: tuple[int, ...] = ()
+    milestone_fractions: tuple[float, ...] = ()
     gamma: float = 0.1
     reset_optimizer_at_milestones: bool = False
     aug: tuple[str, ...] = ("crop_pad", "flip")
@@ -190,6 +196,12 @@ class Protocol:
             (self.patch_factor >= 1, "patch_factor must be >= 1"),
             (self.eval_seeds >= 1 and self.test_every >= 0, "eval_seeds >= 1 and test_every >= 0"),
             (list(self.milestones) == sorted(self.milestones), "milestones must be ascending"),
+            (all(0 < f < 1 for f in self.milestone_fractions), "milestone_fractions must be in (0, 1)"),
+            (
+                [b for b, _ in self.epochs_by_ipc] == sorted({b for b, _ in self.epochs_by_ipc})
+                and all(b >= 1 and e >= 1 for b, e in self.epochs_by_ipc),
+                "epochs_by_ipc must be (max_ipc, epochs) pairs >= 1 with strictly ascending max_ipc",
+            ),
             (
                 self.schedule != "step" or all(0 < m <= self.epochs for m in self.milestones),
                 "milestones in (0, epochs]",
@@ -225,8 +237,22 @@ class Protocol:
         if self.schedule in SMOOTH_SCHEDULES:
             return SMOOTH_SCHEDULES[self.schedule](e, n, self.smooth_zeta)
         if self.schedule == "step":
-            return self.gamma ** sum(1 for m in self.milestones if m <= epoch)
+            return self.gamma ** sum(1 for m in self.step_milestones if m <= epoch)
         return 1.0
+
+    @property
+    def step_milestones(self) -> tuple[int, ...]:
+        """The epochs at which ``step`` multiplies by gamma: ``milestones``, or ⌊f·epochs⌋ per fraction."""
+        if self.milestone_fractions:
+            return tuple(math.floor(f * self.epochs + 1e-9) for f in self.milestone_fractions)
+        return self.milestones
+
+    def for_ipc(self, ipc: int) -> Protocol:
+        """This protocol with ``epochs`` from ``epochs_by_ipc`` for a set of ``ipc`` images per class (else itself)."""
+        for bound, epochs in self.epochs_by_ipc:
+            if ipc <= bound:
+                return dataclasses.replace(self, epochs=epochs)
+        return self
 
 
 def protocol_path(name_or_path: str | Path) -> Path:

@@ -407,7 +407,7 @@ class Trainer:
         protocol = self.protocol
         factor = protocol.lr_factor(epoch)
         for st in self.active:
-            if protocol.reset_optimizer_at_milestones and epoch in protocol.milestones:
+            if protocol.reset_optimizer_at_milestones and epoch in protocol.step_milestones:
                 st.optimizer = build_optimizer(st.model, protocol)
             st.set_lr(factor)
             st.step_losses = []

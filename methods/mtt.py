@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -153,11 +153,13 @@ class MTT(Method):
     version = 1
     Config = MTTConfig
     paper = "Cazenavette, Wang, Torralba, Efros, Zhu. Dataset Distillation by Matching Training Trajectories. CVPR 2022"
-    own_protocol_on_cpu: ClassVar[bool] = True  # the learned lr (syn_lr) only means something under ``mtt``
     config: MTTConfig
 
     def paper_protocol(self, dataset: str) -> str | None:
         return "mtt"
+
+    def cpu_protocol(self, dataset: str) -> str | None:
+        return "mtt"  # the learned lr (syn_lr) only means something under ``mtt``
 
     def paper_students(self, dataset: str | None) -> tuple[str, ...]:
         # spec §6 eval_mode 'M': ConvNet, AlexNet, VGG11, ResNet18_AP, ResNet18; ddbench's closest registered archs

@@ -31,10 +31,13 @@ def _native_sizes() -> list[tuple[int, int]]:
 SIZES = _native_sizes()
 # Built-in architectures only: other test modules register tiny test architectures in the same registry.
 BUILTIN_ARCHS = [name for name in ARCHS.names() if ARCHS.origin(name) == "builtin"]
+#: Architectures that exist only from some input size on (ConvNet-6 pools six times: 64 px and up).
+MIN_SIZE = {"convnet6": 64}
 CASES = [
     pytest.param(arch, size, chans, id=f"{arch}-{size}px-{chans}ch", marks=[pytest.mark.slow] if size > 64 else [])
     for arch in BUILTIN_ARCHS
     for size, chans in SIZES
+    if size >= MIN_SIZE.get(arch, 0)
 ]
 
 # Spatial side of forward_features at each small native size (token count for the ViT); these encode the
@@ -60,6 +63,9 @@ FINAL_MAP = {
     "convnet_d1": {8: 4, 28: 16, 32: 16, 64: 32},
     "convnet_d2": {8: 2, 28: 8, 32: 8, 64: 16},
     "convnet_w32": {8: 2, 28: 4, 32: 4, 64: 4},
+    # IDC / Minimax students: ConvNet-6 (1×1 at 64 px, 3×3 at 224) and ResNet-18 with instance norm
+    "convnet6": {64: 1},
+    "resnet18_in": {8: 1, 28: 4, 32: 4, 64: 8},
 }
 
 
@@ -90,7 +96,20 @@ def test_native_sizes_cover_the_catalog():
 
 def test_every_arch_is_covered_by_the_final_map_table():
     assert set(FINAL_MAP) == set(BUILTIN_ARCHS)
-    assert len(BUILTIN_ARCHS) == 19
+    assert len(BUILTIN_ARCHS) == 21
+
+
+@pytest.mark.parametrize("size", [8, 28, 32])
+def test_convnet6_refuses_inputs_it_would_pool_below_one_pixel(size):
+    with pytest.raises(ValueError, match="depth 6 pools"):
+        create_model("convnet6", num_classes=NUM_CLASSES, img_size=size)
+
+
+def test_resnet18_in_has_instance_norm_where_resnet18_has_batchnorm():
+    bn = [type(m) for m in create_model("resnet18", 10, 32).modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
+    inorm = create_model("resnet18_in", 10, 32)
+    gn = [m for m in inorm.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
+    assert len(gn) == len(bn) == 20 and all(isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels for m in gn)
 
 
 @pytest.mark.parametrize(("arch", "size", "chans"), CASES)
@@ -484,3 +503,11 @@ def test_edc_convnet_variants():
     assert create_model("convnet_d1", num_classes=10, img_size=64).depth == 1  # fixed, not from the size rule
     for m in (d1, d2, w32):
         assert not any(isinstance(x, nn.BatchNorm2d) for x in m.modules())
+
+
+def test_convnet6_at_224_has_the_idc_feature_width():
+    """Spec minimax.md §5: six blocks of width 128 end at 3×3 at 224 px, so the classifier reads 1152 features."""
+    model = create_model("convnet6", num_classes=10, img_size=224)
+    convs = 3 * 9 * 128 + 128 + 5 * (128 * 9 * 128 + 128)
+    assert model.num_features == 1152
+    assert _n_params(model) == convs + 6 * 2 * 128 + 1152 * 10 + 10 == 754_570

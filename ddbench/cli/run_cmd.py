@@ -16,7 +16,8 @@ RUN_EPILOG = """examples:
 protocols (--protocol): with --preset paper a run is scored under the method's own paper protocol (e.g. dwa-cifar)
 and the shared fair one (kd for soft-label methods, hard otherwise), shown side by side; under cpu it is one fair
 protocol (the dataset's, kd) so the demo stays fast. The table caption names every protocol and teacher it uses.
-Unless --no-baseline, the random baseline is evaluated beside the method under the same protocols and teacher.
+Unless --no-baseline, the random baseline (and the method's own paper baselines, e.g. dit and dit-ft beside minimax)
+is evaluated beside the method under the same protocols, students and teacher.
 """
 
 
@@ -139,6 +140,7 @@ def _finish(state: Any, distilled: Any, args: argparse.Namespace, eval_req: Any,
     from ddbench.cli import console
     from ddbench.pipeline import (
         baseline_state,
+        default_eval_archs,
         default_protocols,
         distill,
         evaluate_run,
@@ -147,15 +149,20 @@ def _finish(state: Any, distilled: Any, args: argparse.Namespace, eval_req: Any,
         record_run,
     )
 
-    eval_req = dataclasses.replace(eval_req, protocols=list(eval_req.protocols or default_protocols(state)))
+    archs = eval_req.archs or default_eval_archs(state.request.profile, state.method, state.dataset.id)
+    eval_req = dataclasses.replace(
+        eval_req, protocols=list(eval_req.protocols or default_protocols(state)), archs=list(archs)
+    )
     rows = evaluate_run(state, distilled, eval_req, store, progress)
     diversity = record_diversity(state, distilled, store)
     if state.method.name != "random" and not getattr(args, "no_baseline", True):
-        base = baseline_state(state)
-        base_set = distill(base, progress)
-        record_run(base, base_set, store)
         teachers = protocol_teachers(state, distilled, eval_req.protocols, progress)
-        rows = evaluate_run(base, base_set, dataclasses.replace(eval_req, teachers=teachers), store, progress) + rows
+        for name in reversed(("random", *state.method.baselines)):
+            base = baseline_state(state, name)
+            base_set = distill(base, progress)
+            record_run(base, base_set, store)
+            base_req = dataclasses.replace(eval_req, teachers=teachers)
+            rows = evaluate_run(base, base_set, base_req, store, progress) + rows
     _print_table(rows, eval_req)
     if diversity.get("feat_dist_mean") is not None:
         console.print(

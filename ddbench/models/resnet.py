@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
+from ddbench.models._layers import norm2d
 from ddbench.models._stems import StemSpec, resolve_stem
 
 logger = logging.getLogger(__name__)
@@ -145,3 +146,17 @@ def resnet101(
 ) -> ResNet:
     """ResNet-101 (Bottleneck, [3, 4, 23, 3]); low-res stem for ``img_size <= 64`` unless ``stem`` says otherwise."""
     return _resnet(tv_resnet.Bottleneck, [3, 4, 23, 3], num_classes, img_size, in_chans, stem, **kwargs)
+
+
+def resnet18_in(
+    num_classes: int = 1000, img_size: int = 224, in_chans: int = 3, stem: str = "auto", **kwargs: Any
+) -> ResNet:
+    """ResNet-18 with instance norm (GroupNorm(C, C), IDC's ``--norm_type instance``), the Minimax student (§5).
+
+    Whether the paper's ResNet-18 row used instance norm (the script default) is not confirmed (spec §11).
+    """
+    return resnet18(num_classes, img_size, in_chans, stem, norm_layer=_instance_norm, **kwargs)
+
+
+def _instance_norm(channels: int) -> nn.Module:
+    return norm2d("instance", channels)

@@ -104,7 +104,7 @@ def conditioning_drift(model: DiTTransformer2DModel) -> float:
     drift = 0.0
     for block in model.transformer_blocks[1:]:
         for name, p in block.norm1.emb.named_parameters():
-            drift = max(drift, float((p - ref[name]).abs().max()))
+            drift = max(drift, float((p - ref[name]).detach().abs().max()))
     return drift
 
 
