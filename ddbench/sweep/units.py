@@ -70,7 +70,7 @@ class Unit:
             return f"teacher {self.teacher_folder.name if self.teacher_folder else self.teacher}"
         if self.kind == "distil":
             return f"distil {self.request.method} {self.request.dataset} ipc{self.request.ipc} s{self.request.seed}"
-        return f"eval {self.uid.split(':', 1)[1]}"
+        return f"eval {self.uid.partition(':')[2] or self.uid}"
 
     @property
     def records_dir(self) -> Path | None:
