@@ -152,6 +152,7 @@ def expand(spec: SweepSpec) -> Plan:
         ConfigError / UserError: the first run or protocol that cannot be resolved, before anything runs.
     """
     from ddbench.cli.args import profile as parse_profile
+    from ddbench.method import TeacherSpec
     from ddbench.models import ARCHS
     from ddbench.pipeline import default_eval_archs, default_protocols, prepare, protocol_key
     from ddbench.protocol import load_protocol
@@ -168,8 +169,9 @@ def expand(spec: SweepSpec) -> Plan:
                                          num_classes=spec.num_classes, data_root=spec.data_root,
                                          overrides=spec.method_overrides(method), device=spec.device)  # fmt: skip
                     state = prepare(request)
-                    deps = tuple(u for s in state.teacher_specs if (u := _teacher_unit(state.dataset, s, request,
-                                                                                        teachers)))  # fmt: skip
+                    # the diversity metric of a method without teachers uses the dataset's default teacher
+                    specs = state.teacher_specs or [TeacherSpec()]
+                    deps = tuple(u for s in specs if (u := _teacher_unit(state.dataset, s, request, teachers)))
                     distil_uid = f"distil:{state.run_id}"
                     runs.append(Unit("distil", distil_uid, request, deps=deps, run_dir=state.run_dir))
                     archs = spec.archs or list(default_eval_archs(profile, state.method, state.dataset.id))
