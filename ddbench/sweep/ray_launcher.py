@@ -34,8 +34,7 @@ class RayLauncher(Launcher):
         super().__init__(options)
         self._started = False
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                                      "runtime_env": {"env_vars": forwarded_env()}}  # fmt: skip
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
             if options.address:
                 ray.init(address=options.address, **kwargs)
             else:

@@ -166,5 +166,5 @@ def ingest(paths: Iterable[Path], store: Store) -> int:
             store.add_metric(fields["run_id"], fields["name"], fields.get("value"), fields.get("extra_json"))
         else:
             getattr(store, _ADD[table])(**fields)
-    logger.info("ingested %d record(s) into %s", len(records), store.path)
+    logger.debug("ingested %d record(s) into %s", len(records), store.path)
     return len(records)
