@@ -211,6 +211,7 @@ def execute_sweep(args: argparse.Namespace) -> int:
                       f"{launcher.describe()}")  # fmt: skip
         with live_view(plan, launcher.describe()) as view:
             result = run_sweep(plan, launcher, store, retries=args.retries, on_event=view.event)
+    console.print()
     _print_summary(result)
     console.print(f"records: {store.path}")
     return 1 if result.failed else 0
