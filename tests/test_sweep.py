@@ -127,6 +127,8 @@ def test_bad_sweeps_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["-q", "sweep", "--methods", "random", "--launcher", "kubernetes", "--preset", "cpu",
                  "--archs", "convnet", "--protocol", str(_protocol(tmp_path)), "--device", "cpu"]) == 2  # fmt: skip
     assert "unknown launcher 'kubernetes'" in capsys.readouterr().err
+    assert main(["-q", "sweep", "--methods", "random", "--retries", "-1", "--dry-run"]) == 2
+    assert "--retries must be 0 or more" in capsys.readouterr().err
 
 
 # -- the driver (a fake launcher: no training) ---------------------------------------------------------------------
@@ -288,3 +290,23 @@ def test_killed_sweep_resubmission_runs_only_the_unfinished_units(tmp_path: Path
         result = run_sweep(plan, launcher, Store(), retries=0)
     assert set(result.ran) == unfinished  # nothing that finished before the kill ran again
     assert len(Store().evaluations()) == 6 and Store().evaluations()["error"].isna().all()
+
+
+def test_live_view_counts_units_per_stage_and_state(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from ddbench.cli.sweep_cmd import LiveView
+
+    plan = _fake_plan(tmp_path)
+    view = LiveView(plan, "flaky")
+    by = plan.by_uid()
+    for state, uid in (("cached", "t"), ("running", "a"), ("done", "b"), ("running", "b0"), ("retry", "b0"),
+                       ("failed", "b1")):  # fmt: skip
+        view.event(state, by[uid], {"error": "boom"} if state == "failed" else {})
+    console = Console(record=True, width=120)
+    console.print(view.render())
+    lines = {line.split()[1]: line.split()[2:] for line in console.export_text().splitlines() if "│" in line}
+    # columns: waiting running done cached failed blocked
+    assert [c for c in lines["teacher"] if c != "│"] == ["0", "0", "0", "1", "0", "0"]
+    assert [c for c in lines["distil"] if c != "│"] == ["0", "1", "1", "0", "0", "0"]
+    assert [c for c in lines["eval"] if c != "│"] == ["3", "0", "0", "0", "1", "0"]  # a retried unit waits again

@@ -194,11 +194,14 @@ def _print_summary(result: Any) -> None:
 def execute_sweep(args: argparse.Namespace) -> int:
     from ddbench.cli import console
     from ddbench.cli.args import writable_home
+    from ddbench.errors import UserError
     from ddbench.store import Store
     from ddbench.sweep.driver import run_sweep
     from ddbench.sweep.grid import expand
     from ddbench.sweep.launchers import make_launcher
 
+    if args.retries < 0:
+        raise UserError(f"--retries must be 0 or more, got {args.retries}")
     spec = sweep_spec(args)
     plan = expand(spec)
     if args.dry_run:
