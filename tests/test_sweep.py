@@ -63,7 +63,10 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
                              str(protocol), "--seeds", "0", "--no-baseline", *extra]) == 0  # fmt: skip
         return {"rows": rows(Store()), "runs": Store().runs(), "home": home, "protocol": protocol}
     finally:
-        os.environ["DDBENCH_HOME"] = old or ""
+        if old is None:
+            os.environ.pop("DDBENCH_HOME", None)
+        else:
+            os.environ["DDBENCH_HOME"] = old
 
 
 def _protocol(home: Path) -> Path:
