@@ -34,6 +34,7 @@ from torch import nn
 
 from ddbench.config import ConfigError, derive_seed
 from ddbench.distilled import DistilledSet
+from ddbench.distributed import DistInfo
 from ddbench.labels import LABEL_MODES, build_label_mode
 from ddbench.protocol import ARTIFACT_LABEL_MODE, Protocol, apply_hints
 from ddbench.train import Callback, ProgressFn, Trainer, evaluate_models
@@ -57,6 +58,7 @@ class EvalResult:
         lockstep: how many archs trained together (the wall time and memory are theirs together).
         protocol_hash: hash of the protocol as resolved for this set (label mode, temperature, hints).
         teacher_forwards_per_epoch: online-teacher forward passes one student epoch cost (0 for hard/stored labels).
+        world_size: DDP processes the student was trained across (1: a single process).
     """
 
     arch: str
@@ -71,6 +73,7 @@ class EvalResult:
     lockstep: int = 1
     protocol_hash: str = ""
     teacher_forwards_per_epoch: int = 0
+    world_size: int = 1
 
 
 def resolve_for_artifact(protocol: Protocol, distilled: DistilledSet) -> Protocol:
@@ -137,6 +140,7 @@ def evaluate(
     progress: ProgressFn | None = None,
     *,
     callbacks: Sequence[Callback] = (),
+    dist: DistInfo | None = None,
 ) -> list[EvalResult]:
     """Train one fresh student per arch on ``distilled`` (in lockstep) and score it on the test split.
 
@@ -152,6 +156,7 @@ def evaluate(
         amp, channels_last: speed options (bf16 autocast, channels-last), as in :class:`~ddbench.train.Trainer`.
         progress: ``progress(stage, done, total)``.
         callbacks: :class:`~ddbench.train.Callback` objects for the training loop.
+        dist: data-parallel place of this process under torchrun (:mod:`ddbench.distributed`); None: one process.
 
     Returns:
         One result per arch, in order; a failing arch has ``error`` set and NaN accuracies.
@@ -205,6 +210,7 @@ def evaluate(
                 resolved.test_batch_size,
                 amp=amp,
                 channels_last=channels_last,
+                dist=dist,
             )
 
         if device.type == "cuda":
@@ -220,6 +226,7 @@ def evaluate(
             progress=progress,
             test_fn=test_fn,
             catch_errors=True,
+            dist=dist,
         )
         stats = trainer.fit(
             models,
@@ -248,6 +255,7 @@ def evaluate(
                 len(models),
                 resolved.hash,
                 forwards,
+                dist.world_size if dist is not None else 1,
             )
             if ok:
                 logger.info("%s seed %d: final top1 %.2f (best-of-run %.2f, auxiliary)", archs[pos], seed, top1, best)

@@ -363,6 +363,7 @@ class EvalRequest:
         amp, channels_last: speed options.
         teachers: per protocol name, the online soft-label teachers to use instead of the artifact's own (the
             random baseline is scored with the method's teachers, so a table compares one recipe).
+        dist: the DDP place of this process under torchrun (:mod:`ddbench.distributed`); None: one process.
     """
 
     archs: Sequence[str] | None = None
@@ -371,6 +372,7 @@ class EvalRequest:
     amp: bool = False
     channels_last: bool = False
     teachers: Mapping[str, Sequence[Teacher]] | None = None
+    dist: Any = None
 
 
 def default_protocols(state: RunState) -> list[str]:
@@ -437,12 +439,16 @@ def evaluate_run(
     request: EvalRequest,
     store: Any,
     progress: ProgressFn = _no_progress,
+    *,
+    seed_runner: Callable[..., None] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate every (protocol, arch, seed) row not yet in ``store``; return all rows of this run and protocols.
 
     A row is reused only when it was made under the same protocol content (the protocol hash), so editing a
     protocol file without bumping its version recomputes its rows, with a warning naming the file. Each unit is
     computed under a lock: a second process started on the same command waits and then reuses the first's rows.
+    ``seed_runner`` replaces how one (protocol, seed) is computed (DDP ranks agree on the missing archs instead of
+    taking locks: :func:`ddbench.ddp.ddp_seed_runner`); it has :func:`run_seed`'s signature.
     """
     from ddbench.evaluate import evaluate
     from ddbench.labels import LABEL_MODES
@@ -467,14 +473,15 @@ def evaluate_run(
             store.add_teacher(**t.record())
         models = [t.model for t in teachers]
         seeds = list(request.seeds) if request.seeds is not None else list(range(protocol.eval_seeds))
+        runner = seed_runner or run_seed
         for seed in seeds:
-            _evaluate_seed(state, distilled, protocol, key, label_teachers, models, archs, seed, request, store,
-                           device, progress, evaluate, protocol_path(name))  # fmt: skip
+            runner(state, distilled, protocol, key, label_teachers, models, archs, seed, request, store, device,
+                   progress, evaluate, protocol_path(name))  # fmt: skip
     rows = store.evaluations(run_id=state.run_id).to_dict("records")
     return [r for r in rows if (r["protocol"], r.get("label_teachers") or "") in keys and r["arch"] in archs]
 
 
-def _evaluate_seed(
+def run_seed(
     state: RunState,
     distilled: DistilledSet,
     protocol: Any,
@@ -490,6 +497,8 @@ def _evaluate_seed(
     evaluate: Callable[..., Any],
     source: Path,
 ) -> None:
+    """Evaluate the archs of one (protocol, seed) missing from ``store``, each under its unit lock."""
+
     def missing() -> list[str]:
         todo = []
         for arch in archs:
@@ -513,14 +522,14 @@ def _evaluate_seed(
             mine = [todo[i] for i in taken]
             mine = [a for a in mine if a in missing()]  # rows finished while we took the locks
             if mine:
-                _run_units(state, distilled, protocol, key, label_teachers, models, mine, seed, request, store,
+                run_units(state, distilled, protocol, key, label_teachers, models, mine, seed, request, store,
                            device, progress, evaluate)  # fmt: skip
                 continue
         with lock(paths[0]):  # every missing unit is being computed elsewhere: wait for one
             pass
 
 
-def _run_units(
+def run_units(
     state: RunState,
     distilled: DistilledSet,
     protocol: Any,
@@ -535,6 +544,7 @@ def _run_units(
     progress: ProgressFn,
     evaluate: Callable[..., Any],
 ) -> None:
+    """Train ``archs`` in lockstep under one (protocol, seed) and write one row each to ``store`` (no locks)."""
     results = evaluate(
         distilled,
         state.dataset,
@@ -546,6 +556,7 @@ def _run_units(
         amp=request.amp,
         channels_last=request.channels_last,
         progress=progress,
+        **({"dist": request.dist} if request.dist is not None else {}),
     )
     for r in results:
         extra = {
@@ -556,6 +567,7 @@ def _run_units(
             "lockstep": r.lockstep,
             "device": str(device),
             "curve": r.curve,
+            "world_size": r.world_size,
         }
         store.add_evaluation(
             run_id=state.run_id,

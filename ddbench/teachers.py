@@ -399,6 +399,32 @@ def resolve_teacher(dataset: Dataset, spec: TeacherSpec, profile: str = "paper")
     return arch, protocol, _recipe_info(protocol, path, name, profile)
 
 
+def _is_torchvision_default(dataset: Dataset, arch: str, spec: TeacherSpec) -> bool:
+    return dataset.id == "imagenet-1k" and arch == "resnet18" and spec.recipe in ("", "default") and not spec.kwargs
+
+
+def teacher_address(
+    dataset: Dataset, spec: TeacherSpec, profile: str = "paper"
+) -> tuple[str, Any, dict[str, Any], dict[str, Any], str, Path] | None:
+    """Where the cache keeps the teacher ``spec`` asks for, without training or loading it.
+
+    Returns:
+        ``(arch, recipe protocol, recipe info, cache key, name pattern, folder)``, or None for ImageNet-1K's
+        torchvision ResNet-18 (imported, never trained). A sweep's dry run reads the folder to say what is cached.
+    """
+    from ddbench.models import ARCHS
+
+    arch = ARCHS.canonical(spec.arch or dataset.spec.default_teacher)
+    if _is_torchvision_default(dataset, arch, spec):
+        return None
+    arch, protocol, recipe = resolve_teacher(dataset, spec, profile)
+    width_mult = float(getattr(protocol, "width_mult", 1.0))
+    width = "" if width_mult == 1.0 else f"x{width_mult:g}"  # visible in ids and table captions
+    key = teacher_key(dataset, arch, spec, protocol.hash, width_mult)
+    name = f"{arch}{width}-{dataset.class_hash}-{{hash}}-s{spec.seed}"
+    return arch, protocol, recipe, key, name, _cache().path(teacher_kind(dataset.id), key, name)
+
+
 def get_teacher(
     dataset: Dataset,
     spec: TeacherSpec,
@@ -431,19 +457,12 @@ def get_teacher(
     Raises:
         TrainingDiverged: the recipe's loss became non-finite (nothing is cached).
     """
-    from ddbench.models import ARCHS
-
-    arch = ARCHS.canonical(spec.arch or dataset.spec.default_teacher)
-    if dataset.id == "imagenet-1k" and arch == "resnet18" and spec.recipe in ("", "default") and not spec.kwargs:
+    address = teacher_address(dataset, spec, profile)
+    if address is None:
         return _torchvision_resnet18(dataset, device=device)
-    arch, protocol, recipe = resolve_teacher(dataset, spec, profile)
-    width_mult = float(getattr(protocol, "width_mult", 1.0))
-    width = "" if width_mult == 1.0 else f"x{width_mult:g}"  # visible in ids and table captions
-    key = teacher_key(dataset, arch, spec, protocol.hash, width_mult)
-    name = f"{arch}{width}-{dataset.class_hash}-{{hash}}-s{spec.seed}"
+    arch, protocol, recipe, key, name, folder = address
     cache = _cache()
     kind = teacher_kind(dataset.id)
-    folder = cache.path(kind, key, name)
     build = _trainer_build(dataset, arch, protocol, recipe, spec, folder.name, device, progress)
     if not refresh and (teacher := _cached(folder, dataset, device)) is not None:
         return teacher

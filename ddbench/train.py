@@ -39,6 +39,7 @@ from torch import nn
 from ddbench.augmentations import BATCH_AUGS
 from ddbench.config import derive_seed
 from ddbench.data.source import ImageSource
+from ddbench.distributed import DistInfo, rank_seed
 from ddbench.labels import LOSSES, Batch, HardLabels, LabelMode
 from ddbench.ops import augment as aug_ops
 from ddbench.pixels import PixelSpace
@@ -177,6 +178,7 @@ class Student:
 
     def __init__(self, model: nn.Module, name: str, seed: int, protocol: Protocol, device: torch.device) -> None:
         self.model = model
+        self.forward: nn.Module = model  # the DistributedDataParallel wrapper under DDP
         self.stats = TrainStats(name)
         self.rng = _RngSlot(seed, device)
         self.protocol = protocol
@@ -266,6 +268,9 @@ class Trainer:
             epoch, on EMA weights in eval mode; its points form ``TrainStats.test_curve``.
         catch_errors: record a failing model's error in its stats and continue with the others, instead of
             raising.
+        dist: data-parallel place of this process (:mod:`ddbench.distributed`): each global batch is split over
+            the ranks, augmentations come from a per-rank generator, and gradients are averaged by
+            DistributedDataParallel. None (or a world of one) trains as a single process, bit for bit.
     """
 
     def __init__(
@@ -283,8 +288,10 @@ class Trainer:
         stage: str = "train",
         test_fn: TestFn | None = None,
         catch_errors: bool = False,
+        dist: DistInfo | None = None,
     ) -> None:
         self.protocol = apply_hints(protocol, hints)
+        self.dist = dist if dist is not None else DistInfo()
         self.space = space
         self.labels = labels if labels is not None else HardLabels()
         self.loss_fn = LOSSES.get(self.protocol.loss)
@@ -354,6 +361,14 @@ class Trainer:
             model.to(device=device, memory_format=self.fmt).train()
             self.students.append(Student(model, _model_name(model, seen), seed, protocol, device))
         self.active = list(self.students)
+        aug_gen = generator
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            for st in self.students:
+                st.forward = DistributedDataParallel(st.model, device_ids=ids)
+            aug_gen = torch.Generator().manual_seed(rank_seed(seed0, self.dist.rank))
         steps = self.steps_per_epoch(n)
         logger.info(
             "training %d model(s) [%s] under %s@%s: %d epochs x %d steps, labels=%s, space=%s, device=%s",
@@ -376,10 +391,10 @@ class Trainer:
             self._begin_epoch(epoch)
             order = torch.randperm(n, generator=generator)
             for step in range(steps):
-                idx = order[step * protocol.batch_size : (step + 1) * protocol.batch_size]
+                idx = self.dist.shard(order[step * protocol.batch_size : (step + 1) * protocol.batch_size])
                 idx_d = idx.to(device)
                 raw = data[idx_d] if on_device else data.load(idx).to(device)
-                batch = self._batch(raw, y_all[idx_d], idx_d, generator)
+                batch = self._batch(raw, y_all[idx_d], idx_d, aug_gen)
                 self._step(batch)
                 for cb in self.callbacks:
                     cb.on_step_end(self, epoch, step, self.active, batch)
@@ -426,7 +441,7 @@ class Trainer:
         for st in list(self.active):
             try:
                 with st.rng.active(), _autocast(self.device, self.amp):
-                    logits = st.model(batch.x)
+                    logits = st.forward(batch.x)
                 loss = self.loss_fn(logits, batch, target, self.protocol)
                 st.optimizer.zero_grad(set_to_none=True)
                 with st.rng.active():
@@ -505,6 +520,7 @@ def evaluate_models(
     *,
     amp: bool = False,
     channels_last: bool = False,
+    dist: DistInfo | None = None,
 ) -> list[tuple[float, float]]:
     """Top-1 and top-5 accuracy (%) of every model on uint8 test images, each batch read once for all models.
 
@@ -516,8 +532,10 @@ def evaluate_models(
         device: where the models are.
         batch_size: test batch size (does not change any number).
         amp, channels_last: as in :class:`Trainer`.
+        dist: under DDP each rank scores its slice of the test split and the counts are summed over ranks.
     """
     device = torch.device(device)
+    dist = dist if dist is not None else DistInfo()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if isinstance(test, ImageSource):
         total, labels_all = len(test), test.labels
@@ -534,9 +552,10 @@ def evaluate_models(
         model.eval()
     correct1 = torch.zeros(len(models), dtype=torch.long, device=device)
     correct5 = torch.zeros(len(models), dtype=torch.long, device=device)
+    mine = dist.shard(torch.arange(total))
     try:
-        for lo in range(0, total, batch_size):
-            idx = torch.arange(lo, min(lo + batch_size, total))
+        for lo in range(0, len(mine), batch_size):
+            idx = mine[lo : lo + batch_size]
             raw = load(idx).to(device)
             y = torch.as_tensor(labels_all[idx], device=device)
             x = raw.float() / 255.0 if raw.dtype == torch.uint8 else raw.float()
@@ -552,6 +571,9 @@ def evaluate_models(
     finally:
         for model, mode in zip(models, modes, strict=True):
             model.train(mode)
+    if dist.active:
+        dist.all_sum(correct1)
+        dist.all_sum(correct5)
     scale = 100.0 / max(total, 1)
     return [(c1 * scale, c5 * scale) for c1, c5 in zip(correct1.tolist(), correct5.tolist(), strict=True)]
 

@@ -27,6 +27,7 @@ SUBCOMMANDS = (
     "ddbench.cli.run_cmd",
     "ddbench.cli.table_cmd",
     "ddbench.cli.show_cmd",
+    "ddbench.cli.sweep_cmd",
 )
 
 

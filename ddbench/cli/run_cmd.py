@@ -218,6 +218,7 @@ def execute_eval(args: argparse.Namespace) -> int:
     from ddbench.cli.args import device as parse_device
     from ddbench.cli.args import writable_home
     from ddbench.distilled import DistilledSet
+    from ddbench.distributed import env_world_size, init_from_env
     from ddbench.pipeline import find_run, load_request, prepare
     from ddbench.store import Store
 
@@ -226,13 +227,40 @@ def execute_eval(args: argparse.Namespace) -> int:
     request = load_request(run_dir)
     if args.device:
         request.device = parse_device(args.device)
+    if env_world_size() > 1 and request.device.startswith("cuda"):  # torchrun: one GPU per rank
+        import os
+
+        request.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    dist = init_from_env(request.device)
     store = Store(args.store)
     eval_req = _eval_request(args)
     state = prepare(request)
     if state.run_id != run_dir.name:  # code or presets changed since the run: score the artifact that exists
         state.run_id, state.run_dir = run_dir.name, run_dir
     distilled = DistilledSet.load(state.artifact_dir)
+    if dist.active:
+        return _eval_ddp(state, distilled, eval_req, store, dist)
     with rich_progress() as progress:
         _finish(state, distilled, args, eval_req, store, progress)
     console.print(f"records: {store.path}")
+    return 0
+
+
+def _eval_ddp(state: Any, distilled: Any, eval_req: Any, store: Any, dist: Any) -> int:
+    """``ddbench eval`` under torchrun: every rank trains, rank 0 writes and prints (no diversity, no baseline)."""
+    import dataclasses
+
+    from ddbench.cli import console
+    from ddbench.ddp import ddp_seed_runner, store_for
+    from ddbench.distributed import shutdown
+    from ddbench.pipeline import evaluate_run
+
+    try:
+        rows = evaluate_run(state, distilled, dataclasses.replace(eval_req, dist=dist), store_for(store, dist),
+                            seed_runner=ddp_seed_runner)  # fmt: skip
+        if dist.is_main:
+            _print_table(rows, eval_req)
+            console.print(f"records: {store.path} (DDP, world size {dist.world_size})")
+    finally:
+        shutdown(dist)
     return 0
