@@ -80,6 +80,8 @@ def randaugment(x: torch.Tensor, protocol: Any, generator: torch.Generator) -> t
 def patch_shuffle(x: torch.Tensor, protocol: Any, generator: torch.Generator) -> torch.Tensor:
     """RDED's per-sample shuffle of the ``patch_factor``×``patch_factor`` mosaic's tile rows and columns (§8.1)."""
     return ops.patch_shuffle(x, protocol.patch_factor, generator=generator)
+
+
 @register_aug("color_jitter")
 def color_jitter(x: torch.Tensor, protocol: Any, generator: torch.Generator) -> torch.Tensor:
     """IDC's ColorJitter(0.4, 0.4, 0.4) (brightness, contrast, saturation), per-sample weights, RGB [0, 1] images."""

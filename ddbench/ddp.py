@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from ddbench.distributed import DistInfo
-from ddbench.pipeline import run_units
+from ddbench.pipeline import SeedJob, run_units
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +43,10 @@ def store_for(store: Any, dist: DistInfo) -> Any:
     return store if dist.is_main else FollowerStore(store)
 
 
-def ddp_seed_runner(state: Any, distilled: Any, protocol: Any, key: str, label_teachers: str, models: list[Any],
-                    archs: list[str], seed: int, request: Any, store: Any, device: Any, progress: Any, evaluate: Any,
-                    source: Any) -> None:  # fmt: skip
+def ddp_seed_runner(job: SeedJob, archs: list[str]) -> None:
     """:func:`ddbench.pipeline.run_seed` for DDP ranks: rank 0's list of missing archs, trained on every rank."""
-    dist: DistInfo = request.dist
-    todo = None
-    if dist.is_main:
-        found = {a: store.evaluation_hash(state.run_id, a, key, protocol.version, seed, label_teachers) for a in archs}
-        todo = [a for a in archs if found[a] != protocol.hash]
+    dist: DistInfo = job.request.dist
+    todo = job.missing(archs) if dist.is_main else None
     todo = dist.broadcast(todo)
     if todo:
-        run_units(state, distilled, protocol, key, label_teachers, models, list(todo), seed, request, store, device,
-                  progress, evaluate)  # fmt: skip
+        run_units(job, list(todo))

@@ -448,7 +448,8 @@ def evaluate_run(
     protocol file without bumping its version recomputes its rows, with a warning naming the file. Each unit is
     computed under a lock: a second process started on the same command waits and then reuses the first's rows.
     ``seed_runner`` replaces how one (protocol, seed) is computed (DDP ranks agree on the missing archs instead of
-    taking locks: :func:`ddbench.ddp.ddp_seed_runner`); it has :func:`run_seed`'s signature.
+    taking locks: :func:`ddbench.ddp.ddp_seed_runner`); it is called as :func:`run_seed` is, with a
+    :class:`SeedJob` and the archs.
     """
     from ddbench.evaluate import evaluate
     from ddbench.labels import LABEL_MODES
@@ -475,107 +476,113 @@ def evaluate_run(
         seeds = list(request.seeds) if request.seeds is not None else list(range(protocol.eval_seeds))
         runner = seed_runner or run_seed
         for seed in seeds:
-            runner(state, distilled, protocol, key, label_teachers, models, archs, seed, request, store, device,
-                   progress, evaluate, protocol_path(name))  # fmt: skip
+            job = SeedJob(state, distilled, protocol, key, label_teachers, models, seed, request, store, device,
+                          progress, evaluate, protocol_path(name))  # fmt: skip
+            runner(job, archs)
     rows = store.evaluations(run_id=state.run_id).to_dict("records")
     return [r for r in rows if (r["protocol"], r.get("label_teachers") or "") in keys and r["arch"] in archs]
 
 
-def run_seed(
-    state: RunState,
-    distilled: DistilledSet,
-    protocol: Any,
-    key: str,
-    label_teachers: str,
-    models: list[Any],
-    archs: list[str],
-    seed: int,
-    request: EvalRequest,
-    store: Any,
-    device: torch.device,
-    progress: ProgressFn,
-    evaluate: Callable[..., Any],
-    source: Path,
-) -> None:
-    """Evaluate the archs of one (protocol, seed) missing from ``store``, each under its unit lock."""
+@dataclass(frozen=True)
+class SeedJob:
+    """One (protocol, eval seed) of a run's evaluation: what a seed runner needs to train and record its rows.
+
+    Attributes:
+        key: the stored protocol key (``name@profile``); ``label_teachers`` the comma-joined soft-label teacher ids
+            and ``models`` their modules; ``source`` the protocol file (named in the changed-protocol warning).
+        evaluate: :func:`ddbench.evaluate.evaluate` (a test may pass an instrumented one).
+    """
+
+    state: RunState
+    distilled: DistilledSet
+    protocol: Any
+    key: str
+    label_teachers: str
+    models: list[Any]
+    seed: int
+    request: EvalRequest
+    store: Any
+    device: torch.device
+    progress: ProgressFn
+    evaluate: Callable[..., Any]
+    source: Path
+
+    def stored_hash(self, arch: str) -> str | None:
+        """The protocol hash of ``arch``'s stored row for this job (None: no row)."""
+        return self.store.evaluation_hash(self.state.run_id, arch, self.key, self.protocol.version, self.seed,
+                                          self.label_teachers)  # fmt: skip
+
+    def missing(self, archs: Sequence[str]) -> list[str]:
+        """The archs without a row made under this protocol content."""
+        return [a for a in archs if self.stored_hash(a) != self.protocol.hash]
+
+
+def run_seed(job: SeedJob, archs: list[str]) -> None:
+    """Evaluate the archs of one (protocol, seed) missing from the store, each under its unit lock."""
 
     def missing() -> list[str]:
         todo = []
         for arch in archs:
-            found = store.evaluation_hash(state.run_id, arch, key, protocol.version, seed, label_teachers)
-            if found == protocol.hash:
+            found = job.stored_hash(arch)
+            if found == job.protocol.hash:
                 continue
             if found is not None:
                 logger.warning(
                     "protocol %s (%s) changed without a version bump since %s seed %d was evaluated; its rows will "
                     "be recomputed (bump `version` in the file when a change can move numbers)",
-                    key, source, arch, seed,
+                    job.key, job.source, arch, job.seed,
                 )  # fmt: skip
             todo.append(arch)
         return todo
 
-    unit_dir = state.run_dir / "eval-locks"
-    lock_key = config_hash([key, label_teachers, seed], 12)
+    unit_dir = job.state.run_dir / "eval-locks"
+    lock_key = config_hash([job.key, job.label_teachers, job.seed], 12)
     while todo := missing():
         paths = [unit_dir / f"{arch}-{lock_key}" for arch in todo]
         with _unit_locks(paths) as taken:
             mine = [todo[i] for i in taken]
             mine = [a for a in mine if a in missing()]  # rows finished while we took the locks
             if mine:
-                run_units(state, distilled, protocol, key, label_teachers, models, mine, seed, request, store,
-                           device, progress, evaluate)  # fmt: skip
+                run_units(job, mine)
                 continue
         with lock(paths[0]):  # every missing unit is being computed elsewhere: wait for one
             pass
 
 
-def run_units(
-    state: RunState,
-    distilled: DistilledSet,
-    protocol: Any,
-    key: str,
-    label_teachers: str,
-    models: list[Any],
-    archs: list[str],
-    seed: int,
-    request: EvalRequest,
-    store: Any,
-    device: torch.device,
-    progress: ProgressFn,
-    evaluate: Callable[..., Any],
-) -> None:
-    """Train ``archs`` in lockstep under one (protocol, seed) and write one row each to ``store`` (no locks)."""
-    results = evaluate(
-        distilled,
-        state.dataset,
+def run_units(job: SeedJob, archs: list[str]) -> None:
+    """Train ``archs`` in lockstep under one (protocol, seed) and write one row each to the store (no locks)."""
+    request, protocol = job.request, job.protocol
+    results = job.evaluate(
+        job.distilled,
+        job.state.dataset,
         archs,
         protocol,
-        seed=seed,
-        device=device,
-        teachers=models,
+        seed=job.seed,
+        device=job.device,
+        teachers=job.models,
         amp=request.amp,
         channels_last=request.channels_last,
-        progress=progress,
+        progress=job.progress,
         **({"dist": request.dist} if request.dist is not None else {}),
     )
     for r in results:
         extra = {
             "protocol_hash": protocol.hash,
             "resolved_protocol_hash": r.protocol_hash,
-            "teachers": [t for t in label_teachers.split(",") if t],
+            "teachers": [t for t in job.label_teachers.split(",") if t],
             "teacher_forwards_per_epoch": r.teacher_forwards_per_epoch,
             "lockstep": r.lockstep,
-            "device": str(device),
+            "device": str(job.device),
             "curve": r.curve,
             "world_size": r.world_size,
         }
-        store.add_evaluation(
-            run_id=state.run_id,
+        job.store.add_evaluation(
+            run_id=job.state.run_id,
             arch=r.arch,
-            protocol=key,
+            protocol=job.key,
             protocol_version=protocol.version,
-            eval_seed=seed,
-            label_teachers=label_teachers,
+            eval_seed=job.seed,
+            label_teachers=job.label_teachers,
             protocol_hash=protocol.hash,
             top1=r.top1,
             top5=r.top5,
