@@ -178,8 +178,10 @@ def compute_scores(
     if s:
         out["ars"] = Score(
             "ars",
-            {k: ars(ior(acc("syn", k), acc("rand", k)), ior(acc("syn_noaug", k), acc("rand_noaug", k)), gamma)
-             for k in s},  # fmt: skip
+            {
+                k: ars(ior(acc("syn", k), acc("rand", k)), ior(acc("syn_noaug", k), acc("rand_noaug", k)), gamma)
+                for k in s
+            },
             {k: {n: accuracies[n][k] for n in names} for k in s},
         )
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -16,7 +17,7 @@ def test_normalisation_maps_minus_one_one_onto_zero_one() -> None:
     # N(0) = (1 − 1/e)/(e − 1/e) = (e − 1)/(e² − 1) = 1/(e + 1)
     assert normalize(0.0) == pytest.approx(1.0 / (math.e + 1.0))
     xs = [i / 10 for i in range(-10, 11)]
-    assert all(normalize(a) < normalize(b) for a, b in zip(xs, xs[1:]))
+    assert all(normalize(a) < normalize(b) for a, b in itertools.pairwise(xs))
 
 
 def test_unit_fix_hlr_of_30_points_is_0_30_in_the_formula() -> None:
