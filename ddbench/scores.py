@@ -40,7 +40,7 @@ This module is pure arithmetic (no torch, no store) so each formula can be check
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ SCORES = ("hlr", "ior", "lrs", "ars")
 POINT_SCORES = frozenset({"hlr", "ior"})
 #: Scores where smaller is better.
 LOWER_IS_BETTER = frozenset({"hlr"})
+METRIC_PREFIX = "score"
 
 
 def fraction(percent: float) -> float:
@@ -187,11 +188,16 @@ def compute_scores(
     return out
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and population std (None for one value), the tables' convention."""
-    m = sum(values) / len(values)
-    return m, (math.sqrt(sum((v - m) ** 2 for v in values) / len(values)) if len(values) > 1 else None)
+def metric_name(score: str, arch: str, recipe_key: str) -> str:
+    """The run-metric name a score is stored under: ``score:<name>:<arch>:<recipe protocol key>``."""
+    return f"{METRIC_PREFIX}:{score}:{arch}:{recipe_key}"
+
+
+def parse_metric_name(name: str) -> tuple[str, str, str] | None:
+    """``score:hlr:convnet:kd@cpu`` → ``("hlr", "convnet", "kd@cpu")``; None for other metrics."""
+    parts = str(name).split(":", 3)
+    return (parts[1], parts[2], parts[3]) if len(parts) == 4 and parts[0] == METRIC_PREFIX else None
 
 
 __all__ = ["DEFAULT_GAMMA", "DEFAULT_W", "SCORES", "Score", "ars", "compute_scores", "fraction", "hlr", "ior", "lrs",
-           "normalize"]  # fmt: skip
+           "metric_name", "normalize", "parse_metric_name"]  # fmt: skip

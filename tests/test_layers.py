@@ -17,14 +17,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "ddbench"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("ddbench", "ddbench.version", "ddbench.errors", "ddbench.config", "ddbench.registry", "ddbench.io",
-     "ddbench.scores"),
+    (
+        "ddbench",
+        "ddbench.version",
+        "ddbench.errors",
+        "ddbench.config",
+        "ddbench.registry",
+        "ddbench.io",
+        "ddbench.scores",
+    ),
     ("ddbench.artifacts", "ddbench.data", "ddbench.models", "ddbench.ops.augment", "ddbench.schedules"),
     ("ddbench.pixels", "ddbench.labels", "ddbench.augmentations", "ddbench.protocol", "ddbench.protocols"),
     ("ddbench.distilled", "ddbench.method", "ddbench.train", "ddbench.store", "ddbench.ops", "ddbench.plugins"),
     ("ddbench.teachers",),
     ("ddbench.evaluate", "ddbench.tables", "ddbench.references"),
-    ("ddbench.pipeline",),
+    ("ddbench.pipeline", "ddbench.scoring", "ddbench.selection"),
     ("ddbench.cli", "ddbench.__main__"),
 ]
 

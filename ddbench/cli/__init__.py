@@ -26,6 +26,7 @@ SUBCOMMANDS = (
     "ddbench.cli.run_cmd",
     "ddbench.cli.table_cmd",
     "ddbench.cli.show_cmd",
+    "ddbench.cli.score_cmd",
 )
 
 
