@@ -31,8 +31,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("ddbench.distilled", "ddbench.method", "ddbench.train", "ddbench.store", "ddbench.ops", "ddbench.plugins"),
     ("ddbench.teachers",),
     ("ddbench.evaluate", "ddbench.tables", "ddbench.references"),
-    ("ddbench.pipeline", "ddbench.scoring", "ddbench.selection"),
-    ("ddbench.cli", "ddbench.__main__"),
+    ("ddbench.pipeline", "ddbench.scoring", "ddbench.selection", "ddbench.verify"),
+    ("ddbench.cli", "ddbench.__main__", "ddbench.report"),
 ]
 
 

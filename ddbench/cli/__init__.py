@@ -27,6 +27,8 @@ SUBCOMMANDS = (
     "ddbench.cli.table_cmd",
     "ddbench.cli.show_cmd",
     "ddbench.cli.score_cmd",
+    "ddbench.cli.verify_cmd",
+    "ddbench.cli.report_cmd",
 )
 
 
