@@ -67,8 +67,8 @@ METRIC_UNITS = {
     "eval_time_per_student_s": "seconds",
     "distill_peak_mem_mb": "mb",
 }
-FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv", "json": "json"}
-EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "json": "json"}
+FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv", "json": "json", "html": "html"}
+EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "json": "json", "html": "html"}
 MISSING = "—"
 ERROR = "err"
 PAPER_COLUMNS = (
@@ -573,7 +573,8 @@ def build_table(
         archs: student architectures, in column order (default: all, natural order).
         ipcs: ipc values, in row order (default: all, ascending).
         methods: rows to keep (default: all; published rows only for methods that have reproduced numbers).
-        fmt: ``md``, ``latex``, ``csv`` or ``json`` (one record per cell with its provenance).
+        fmt: ``md``, ``latex``, ``csv``, ``json`` (one record per cell with its provenance) or ``html`` (a
+            ``<table>`` element, for ``ddbench report``).
         caption: a title sentence put before the generated caption.
         paper_df: published numbers (:func:`load_paper_numbers`), shown in ``(paper)`` columns beside our columns
             of the protocol each was measured under.
@@ -582,7 +583,7 @@ def build_table(
     if fmt not in FORMATS:
         from ddbench.config import ConfigError
 
-        raise ConfigError(f"unknown table format {fmt!r}; use md, latex, csv or json")
+        raise ConfigError(f"unknown table format {fmt!r}; use md, latex, csv, json or html")
     grid = layout(
         df,
         metric=metric,
@@ -593,7 +594,8 @@ def build_table(
         paper_df=paper_df,
         distill_arch=distill_arch,
     )
-    return {"md": to_markdown, "latex": to_latex, "csv": to_csv, "json": to_json}[FORMATS[fmt]](grid)
+    writers = {"md": to_markdown, "latex": to_latex, "csv": to_csv, "json": to_json, "html": to_html}
+    return writers[FORMATS[fmt]](grid)
 
 
 # -- writers --------------------------------------------------------------------------------------------------------
@@ -749,6 +751,39 @@ def to_csv(grid: Grid) -> str:
 
     frame = pd.DataFrame.from_records(_cell_records(grid), columns=CSV_COLUMNS)
     return frame.to_csv(index=False, lineterminator="\n")
+
+
+def to_html(grid: Grid) -> str:
+    """One ``<table>``: caption, a header row per protocol group when there are several, cells (best in
+    ``<strong>``, footnote marks in ``<sup>``) and the notes in a ``<tfoot>``."""
+    from html import escape
+
+    ncols = 2 + len(grid.columns)
+    lines = ['<table class="ddbench">', f"<caption>{escape(grid.caption)}</caption>", "<thead>"]
+    if grid.grouped:
+        groups = "".join(f'<th colspan="{span}">{escape(g)}</th>' for g, span in _col_groups(grid))
+        lines.append(f'<tr><th colspan="2"></th>{groups}</tr>')
+    subs = "".join(f"<th>{escape(f'{c.sub} ({c.source})' if grid.paper else c.sub)}</th>" for c in grid.columns)
+    lines += [f"<tr><th>Method</th><th>IPC</th>{subs}</tr>", "</thead>", "<tbody>"]
+    for row in grid.rows:
+        out = [f"<th>{escape(row[0])}</th>", f"<td>{row[1]}</td>"]
+        for col in grid.columns:
+            cell = grid.cells[(row, col)]
+            text = escape(_cell_text(grid, row, col, "±"))
+            if cell.bold:
+                text = f"<strong>{text}</strong>"
+            if cell.note:
+                text += f"<sup>{cell.note}</sup>"
+            out.append(f'<td class="{col.source}">{text}</td>')
+        lines.append("<tr>" + "".join(out) + "</tr>")
+    lines.append("</tbody>")
+    notes = [f"<sup>{i}</sup> {escape(n)}" for i, n in enumerate(grid.footnotes, 1)]
+    if grid.sources:
+        notes.append(f"Published numbers: {escape(grid.sources)}.")
+    if notes:
+        lines.append(f'<tfoot><tr><td colspan="{ncols}">' + "<br>".join(notes) + "</td></tr></tfoot>")
+    lines.append("</table>")
+    return "\n".join(lines) + "\n"
 
 
 def to_json(grid: Grid) -> str:

@@ -51,7 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
     p.add_argument("--ipc", default=None, help="comma-separated ipc values (default: all)")
     p.add_argument("--archs", default=None, help="comma-separated student architectures, in column order")
-    p.add_argument("--format", dest="fmt", default="md", choices=["md", "latex", "csv", "json"], help="output format")
+    p.add_argument(
+        "--format", dest="fmt", default="md", choices=["md", "latex", "csv", "json", "html"], help="output format"
+    )
     p.add_argument("--out", default=None, help="also write <out>/<dataset>-<protocol>.<ext>")
     p.add_argument("--with-paper", action="store_true", help="add published numbers (leaderboards/papers/*.csv)")
     p.add_argument("--metric", default="top1", help=" | ".join(METRICS) + " (default top1)")
@@ -73,7 +75,7 @@ def _distill_arch(store: Any, df: pd.DataFrame, default: str) -> str:
     return max(sorted(set(archs)), key=archs.count) if archs else default
 
 
-def _tables(args: argparse.Namespace) -> list[tuple[str, str]]:
+def tables_for(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(file stem, table text) for every table the arguments ask for."""
     from ddbench.data import DATASETS
     from ddbench.errors import UserError
@@ -170,7 +172,7 @@ def execute(args: argparse.Namespace) -> int:
     from ddbench.tables import EXTENSIONS, FORMATS
 
     ext = EXTENSIONS[FORMATS[args.fmt]]
-    for stem, text in _tables(args):
+    for stem, text in tables_for(args):
         console.print(text, markup=False, highlight=False, soft_wrap=True)
         if args.out:
             path = Path(args.out).expanduser() / f"{stem}.{ext}"
