@@ -159,8 +159,15 @@ def _verdict(name: str, key: tuple[str, str, int, str, str], expected: float, st
     return v
 
 
-def compare_papers(store: Any, *, dataset: str | None = None, paper_root: str | Path | None = None) -> list[Verdict]:
-    """Every published row that has a matching record in ``store``, judged (see the module docstring)."""
+def compare_papers(
+    store: Any, *, dataset: str | None = None, paper_root: str | Path | None = None, unmatched: list | None = None
+) -> list[Verdict]:
+    """Every published row that has a matching record in ``store``, judged (see the module docstring).
+
+    Args:
+        unmatched: if given, filled with the (dataset, method, ipc, student, protocol) of our records that no
+            published row matches, so a report can list every stored run.
+    """
     import pandas as pd
 
     from ddbench.tables import load_paper_numbers
@@ -169,6 +176,7 @@ def compare_papers(store: Any, *, dataset: str | None = None, paper_root: str | 
     ours = _ours(evaluations)
     teachers = store.teachers()
     verdicts = []
+    matched: set[tuple[str, str, int, str, str]] = set()
     datasets = sorted({k[0] for k in ours})
     for ds in datasets:
         paper = load_paper_numbers(ds, root=paper_root)
@@ -184,6 +192,9 @@ def compare_papers(store: Any, *, dataset: str | None = None, paper_root: str | 
                     source = f"{r['paper']}, {r['table']} ({r['row']})"
                     verdicts.append(_verdict(f"{r['method']} {ds} ipc{r['ipc']} {r['eval_arch']}", key,
                                              float(r["top1"]), std, rows, teachers, source))  # fmt: skip
+                    matched.add(key)
+    if unmatched is not None:
+        unmatched.extend(k for k in ours if k not in matched)
     return verdicts
 
 

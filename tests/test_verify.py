@@ -38,7 +38,9 @@ def test_tolerance_is_two_sigma_plus_one_point() -> None:
 
 
 def test_paper_vs_ours_pass_fail_and_why(store: Path, capsys) -> None:
-    verdicts = {(v.method, v.ipc): v for v in compare_papers(Store(store, read_only=True))}
+    unmatched: list = []
+    verdicts = {(v.method, v.ipc): v for v in compare_papers(Store(store, read_only=True), unmatched=unmatched)}
+    assert unmatched == [("cifar10", "random", 10, "resnet18", "dwa-cifar")]  # no published random row
     assert set(verdicts) == {("dwa", 10), ("dwa", 50), ("sre2l", 10)}
     cpu = verdicts[("dwa", 10)]  # 30.5 vs 32.6±0.4: |−2.1| > 1.8
     assert cpu.ours == pytest.approx(30.5) and cpu.diff == pytest.approx(-2.1) and cpu.status == "fail"
@@ -56,6 +58,7 @@ def test_paper_vs_ours_pass_fail_and_why(store: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "| dwa cifar10 ipc10 resnet18 | dwa-cifar@cpu | 32.6±0.4 | 30.5±0.5 | -2.1 | ±1.8 | fail |" in out
     assert "1 of 3 pass" in out and "Du et al. 2024 (DWA)" in out
+    assert "- random cifar10 ipc10 resnet18 under dwa-cifar" in out  # every stored result is listed
     assert main(["-q", "verify", "--store", str(store), "--strict"]) == 1
     capsys.readouterr()
     assert main(["-q", "verify", "--store", str(store), "--format", "json"]) == 0

@@ -78,7 +78,12 @@ def execute(args: argparse.Namespace) -> int:
         store = Store(args.store, read_only=True)
         if not store.path.is_file():
             raise UserError(f"no results store at {store.path}; run `ddbench run` first or pass --store")
-        verdicts = compare_papers(store, dataset=args.dataset)
+        unmatched: list[tuple[str, str, int, str, str]] = []
+        verdicts = compare_papers(store, dataset=args.dataset, unmatched=unmatched)
+        if unmatched and args.fmt == "md":
+            lines = [f"- {m} {d} ipc{i} {a} under {p}" for d, m, i, a, p in sorted(unmatched)]
+            console.print("stored results without a published row (same method, dataset, ipc, student, protocol):\n"
+                          + "\n".join(lines) + "\n", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
         if not verdicts:
             console.print("no stored run matches a published row (same method, dataset, ipc, student, protocol)")
             return 0
