@@ -72,6 +72,18 @@ class ArchScores:
     reference: dict[str, Any]
     protocols: dict[str, str]
     runs: dict[str, str] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+
+
+def cost_of(distilled: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cost axes beside a score: time to synthesise (RD3), bytes of images + stored soft labels, and the
+    online-teacher forward passes one student epoch of the recipe costs (the soft labels that are not stored)."""
+    sizes = distilled.nbytes()
+    forwards = [int(json.loads(r["extra_json"]).get("teacher_forwards_per_epoch", 0)) for r in rows
+                if isinstance(r.get("extra_json"), str) and r["extra_json"]]  # fmt: skip
+    return {"distill_time_s": distilled.meta.get("wall_time_s"), "images_bytes": sizes["images"],
+            "soft_labels_bytes": sizes["soft_labels"], "total_bytes": sizes["images"] + sizes["soft_labels"],
+            "teacher_forwards_per_epoch": max(forwards, default=0)}  # fmt: skip
 
 
 def _top1(rows: list[dict[str, Any]], key: str, version: int, seeds: Sequence[int]) -> dict[str, dict[int, float]]:
@@ -126,10 +138,12 @@ def score_run(
                              seeds=request.reference_seeds, device=state.request.device, progress=progress)  # fmt: skip
         acc = {name: by_arch.get(arch, {}) for name, by_arch in inputs.items()}
         scores = compute_scores(acc, ref.mean, w=request.w, gamma=request.gamma)
+        recipe_rows = [r for r in syn_rows if r["protocol"] == keys["recipe"] and r["arch"] == arch]
         result = ArchScores(arch, keys["recipe"], scores, ref.record(), keys,
-                            {"syn": state.run_id, "random": base.run_id})  # fmt: skip
+                            {"syn": state.run_id, "random": base.run_id}, cost_of(distilled, recipe_rows))  # fmt: skip
         for name, score in scores.items():
             extra = {**score.record(), "reference": ref.record(), "protocols": keys, "runs": result.runs,
+                     "cost": result.cost,
                      "w": request.w, "gamma": request.gamma, "label_teachers": {n: [t.id for t in ts] for n, ts in
                      teachers.items()}}  # fmt: skip
             store.add_metric(state.run_id, metric_name(name, arch, keys["recipe"]), score.mean,

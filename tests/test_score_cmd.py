@@ -54,8 +54,9 @@ def test_score_runs_only_missing_evaluations(protocols, monkeypatch, capsys) -> 
     expected = {(m, p, s) for m in ("herding", "random") for p in ("tinykd", "tinykd~noaug") for s in (0, 1)}
     assert sorted(calls) == sorted(expected)  # each missing unit once, the existing hard rows never
     out = capsys.readouterr().out
-    for name in ("HLR", "IOR", "LRS", "ARS", "reference: real convnet_bn"):
+    for name in ("HLR", "IOR", "LRS", "ARS", "reference: real convnet_bn", "cost: synthesis", "soft labels 0 B"):
         assert name in out
+    assert "storage 1.25 KB" in out  # 20 uint8 8×8 digits = 1280 bytes
 
     # the stored scores are the formulas applied to the stored rows
     store = Store()

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _print(results: list[Any], state: Any, console: Any) -> None:
     from rich.markup import escape
 
+    from ddbench.tables import human
+
     names = {"hlr": "HLR", "ior": "IOR", "lrs": "LRS", "ars": "ARS"}
     for res in results:
         console.print(
@@ -63,6 +65,12 @@ def _print(results: list[Any], state: Any, console: Any) -> None:
                 f"seed {s}: " + ", ".join(f"{n} {v:.2f}" for n, v in inp.items()) for s, inp in score.inputs.items()
             )
             console.print(f"  {names[key]}  [bold]{score.text()}[/] {unit}   inputs (%): {escape(seeds)}")
+        cost = res.cost
+        took = "—" if cost["distill_time_s"] is None else human(float(cost["distill_time_s"]), "seconds")
+        images, soft = human(cost["images_bytes"], "bytes"), human(cost["soft_labels_bytes"], "bytes")
+        console.print(f"  cost: synthesis {took}, storage {human(cost['total_bytes'], 'bytes')} (images {images} + "
+                      f"soft labels {soft}), {cost['teacher_forwards_per_epoch']} online-teacher forwards per student "
+                      "epoch")  # fmt: skip
         console.print(f"  runs: syn {res.runs['syn']}, random {res.runs['random']}", style="dim")
 
 
