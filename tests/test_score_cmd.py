@@ -101,4 +101,6 @@ def test_score_errors_are_one_line(capsys) -> None:
     assert "one recipe" in capsys.readouterr().err
     assert main([*args, "--protocol", "kd~nosuch"]) == 2
     assert "unknown protocol variant 'nosuch'" in capsys.readouterr().err
+    assert main([*args, "--select", "lr=0.1,0.01"]) == 2
+    assert "compares fixed recipes" in capsys.readouterr().err
     assert main(["-q", "table", "--dataset", "digits", "--metric", "ars"]) == 2

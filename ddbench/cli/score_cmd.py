@@ -84,6 +84,9 @@ def execute(args: argparse.Namespace) -> int:
     from ddbench.store import Store
 
     writable_home()
+    if args.select:
+        raise UserError("ddbench score compares fixed recipes; choose a value with `ddbench run --select`, then pass "
+                        "its protocol (e.g. --protocol kd~lr=0.005)")  # fmt: skip
     protocols = csv(args.protocol) or []
     if len(protocols) > 1:
         raise UserError(f"--protocol names the one recipe the scores compare under, got {len(protocols)}")
