@@ -12,6 +12,7 @@ RUN_EPILOG = """examples:
   ddbench run --method dwa --dataset cifar10 --ipc 10 --preset paper --device cuda
   ddbench run --method sre2l --dataset tiny-imagenet --data-root ~/data --preset cpu --num-classes 10
   ddbench run --method dwa --dataset cifar10 --set iterations=500 --set rho=0.03 --protocol kd,hard
+  ddbench run --method herding --dataset digits --select lr=0.001,0.005,0.01,0.05,0.1   # chosen on held-out train
 
 protocols (--protocol): with --preset paper a run is scored under the method's own paper protocol (e.g. dwa-cifar)
 and the shared fair one (kd for soft-label methods, hard otherwise), shown side by side; under cpu it is one fair
