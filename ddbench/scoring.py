@@ -91,7 +91,8 @@ def _top1(rows: list[dict[str, Any]], key: str, version: int, seeds: Sequence[in
     out: dict[str, dict[int, float]] = {}
     for r in rows:
         ok = r["protocol"] == key and int(r["protocol_version"]) == version and r.get("top1") is not None
-        if ok and not r.get("error") and int(r["eval_seed"]) in seeds:
+        failed = isinstance(r.get("error"), str) and bool(r["error"].strip())  # NULL reads back as None or NaN
+        if ok and not failed and int(r["eval_seed"]) in seeds:
             out.setdefault(r["arch"], {})[int(r["eval_seed"])] = float(r["top1"])
     return out
 
