@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,7 +91,9 @@ def _top1(rows: list[dict[str, Any]], key: str, version: int, seeds: Sequence[in
     """arch → eval seed → top-1 of the successful rows under protocol ``key`` (its current version)."""
     out: dict[str, dict[int, float]] = {}
     for r in rows:
-        ok = r["protocol"] == key and int(r["protocol_version"]) == version and r.get("top1") is not None
+        top1 = r.get("top1")
+        ok = r["protocol"] == key and int(r["protocol_version"]) == version and top1 is not None
+        ok = ok and not math.isnan(float(top1))
         failed = isinstance(r.get("error"), str) and bool(r["error"].strip())  # NULL reads back as None or NaN
         if ok and not failed and int(r["eval_seed"]) in seeds:
             out.setdefault(r["arch"], {})[int(r["eval_seed"])] = float(r["top1"])
