@@ -75,6 +75,16 @@ def test_report_files_and_html_without_a_browser(tmp_path: Path, capsys) -> None
     assert "no runs of cifar100" in capsys.readouterr().err
 
 
+def test_report_without_matplotlib_has_everything_but_the_plots(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    site = tmp_path / "site"
+    assert main(["-q", "report", "--out", str(site), "--store", str(_store(tmp_path))]) == 0
+    html = (site / "cifar10.html").read_text()
+    assert "<h2>Plots</h2>" not in html and "<h2>Distilled images</h2>" in html and html.count("<table") == 5
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_report_in_headless_chromium(tmp_path: Path) -> None:
     store = _store(tmp_path)
