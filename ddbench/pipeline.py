@@ -22,6 +22,7 @@ student once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import resource
@@ -100,6 +101,7 @@ class RunRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     allow_short_classes: bool = False
+    holdout_per_class: int = 0
 
 
 @dataclass
@@ -212,9 +214,23 @@ def check_teachers(method: Method, dataset: Dataset, specs: Sequence[TeacherSpec
             )
 
 
+#: ``holdout_per_class`` value meaning "choose it from the data" (:func:`default_holdout`).
+AUTO_HOLDOUT = -1
+
+
+def default_holdout(dataset: Dataset) -> int:
+    """Validation images per class for ``--select`` without ``--holdout``: 10 % of the smallest class, in [1, 50]."""
+    smallest = min(int(dataset.class_indices(c).numel()) for c in range(dataset.num_classes))
+    return max(1, min(50, round(0.1 * smallest)))
+
+
 def prepare(request: RunRequest, progress: ProgressFn = _no_progress) -> RunState:
     """Load data, resolve the config, run every check and compute the run id; nothing is trained or distilled."""
     dataset = load_dataset(request.dataset, request.data_root, request.num_classes)
+    if request.holdout_per_class == AUTO_HOLDOUT:
+        request = dataclasses.replace(request, holdout_per_class=default_holdout(dataset))
+    if request.holdout_per_class:  # the val split is carved before anything sees the train split
+        dataset = dataset.with_holdout(request.holdout_per_class, seed=0)
     method = resolve_method_config(request, dataset)
     data_checks = check_run_ipc(
         dataset, request.ipc, method.min_real_per_class(request.ipc), request.allow_short_classes
@@ -364,6 +380,8 @@ class EvalRequest:
         teachers: per protocol name, the online soft-label teachers to use instead of the artifact's own (the
             random baseline is scored with the method's teachers, so a table compares one recipe).
         dist: the DDP place of this process under torchrun (:mod:`ddbench.distributed`); None: one process.
+        notes: per stored protocol key, fields added to each new row's ``extra_json`` (a ``--select`` record:
+            grid, chosen value, validation numbers).
     """
 
     archs: Sequence[str] | None = None
@@ -373,6 +391,7 @@ class EvalRequest:
     channels_last: bool = False
     teachers: Mapping[str, Sequence[Teacher]] | None = None
     dist: Any = None
+    notes: Mapping[str, Mapping[str, Any]] | None = None
 
 
 def default_protocols(state: RunState) -> list[str]:
@@ -575,6 +594,7 @@ def run_units(job: SeedJob, archs: list[str]) -> None:
             "device": str(job.device),
             "curve": r.curve,
             "world_size": r.world_size,
+            **dict((request.notes or {}).get(job.key, {})),
         }
         job.store.add_evaluation(
             run_id=job.state.run_id,
@@ -685,5 +705,6 @@ def baseline_state(state: RunState, method: str = "random") -> RunState:
         overrides=dict(state.request.overrides) if companion else {},
         device=state.request.device,
         allow_short_classes=state.request.allow_short_classes,
+        holdout_per_class=state.request.holdout_per_class,
     )
     return prepare(request)

@@ -19,6 +19,8 @@ from ddbench.registry import Registry
 BUILTIN_METHODS = {
     "random": "ddbench_methods.random:Random",
     "herding": "ddbench_methods.herding:Herding",
+    "kcenter": "ddbench_methods.kcenter:KCenter",
+    "el2n": "ddbench_methods.el2n:EL2N",
     "sre2l": "ddbench_methods.sre2l:SRe2L",
     "dwa": "ddbench_methods.dwa:DWA",
     "mtt": "ddbench_methods.mtt:MTT",

@@ -255,8 +255,63 @@ class Protocol:
         return self
 
 
+#: Separates a protocol from its variant: ``kd~noaug``, ``hard~lr=0.005``, ``kd~noaug,epochs=50``.
+VARIANT_SEP = "~"
+#: Named variants: field values a variant name stands for. ``noaug`` is ARS's "without augmentation": no batch
+#: augmentation and no mixing, the labels (online teacher or stored) unchanged.
+NAMED_VARIANTS: dict[str, dict[str, Any]] = {"noaug": {"aug": (), "mix": "none"}}
+
+
+def split_variant(name_or_path: str | Path) -> tuple[str | Path, str]:
+    """``"kd~noaug"`` → ``("kd", "noaug")``; a name without a variant → ``(name, "")``.
+
+    Only the last ``~`` counts, and only when what follows holds no path separator, so ``~/p.toml`` stays a path.
+    """
+    text = str(name_or_path)
+    head, sep, tail = text.rpartition(VARIANT_SEP)
+    if not sep or not head or "/" in tail or head.endswith("/"):
+        return name_or_path, ""
+    return head, tail
+
+
+def variant_overrides(variant: str) -> dict[str, Any]:
+    """The field values of a variant: named variants (:data:`NAMED_VARIANTS`) and ``field=value`` pairs, in order.
+
+    Raises:
+        ConfigError: an unknown name or field, or a value of the wrong type.
+    """
+    types = field_types(Protocol)
+    out: dict[str, Any] = {}
+    for part in (p.strip() for p in variant.split(",") if p.strip()):
+        if "=" not in part:
+            if part not in NAMED_VARIANTS:
+                raise ConfigError(f"unknown protocol variant {part!r}; named variants: {', '.join(NAMED_VARIANTS)}, "
+                                  "or field=value")  # fmt: skip
+            out.update(NAMED_VARIANTS[part])
+            continue
+        key, value = (x.strip() for x in part.split("=", 1))
+        if key not in types or key in ("name", "version", "profile"):
+            raise ConfigError(f"protocol variant {part!r}: {key!r} is not a Protocol field one can set")
+        import tomllib
+
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        out[key] = coerce(parsed, types[key], f"protocol variant {part!r}")
+    return out
+
+
+def variant_name(base: str, overrides: Mapping[str, Any]) -> str:
+    """The protocol id of ``base`` with ``field=value`` overrides (``hard~lr=0.005``), as :func:`split_variant`
+    reads it back."""
+    parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in overrides.items()]
+    return f"{base}{VARIANT_SEP}{','.join(parts)}" if parts else base
+
+
 def protocol_path(name_or_path: str | Path) -> Path:
-    """A registered protocol id (``dwa-cifar``) or a path to a TOML file → the file."""
+    """A registered protocol id (``dwa-cifar``) or a path to a TOML file → the file (a variant names its base's)."""
+    name_or_path, _ = split_variant(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
@@ -273,12 +328,19 @@ def load_protocol(
     """Load a protocol by registry id or TOML path, under a profile, with optional ``--set`` overrides.
 
     The file holds flat keys plus optional ``[profile.<name>]`` tables that override them. ``version`` is
-    required. Every profile table is checked for unknown keys, and ``[profile.cpu]`` may only set
-    :data:`SHRINK_KEYS`, whichever profile is being loaded.
+    required. ``name~variant`` loads ``name`` with a variant's values (:func:`variant_overrides`) under the id
+    ``name~variant``, so its evaluation rows are keyed apart from the base protocol's (ARS's ``kd~noaug``, the
+    chosen value of a ``--select`` grid). Every profile table is checked for unknown keys, and ``[profile.cpu]``
+    may only set :data:`SHRINK_KEYS`, whichever profile is being loaded.
 
     Raises:
         ConfigError: naming the file (and profile table) and the offending key.
     """
+    base, variant = split_variant(name_or_path)
+    if variant:
+        changes = variant_overrides(variant)
+        protocol = load_protocol(base, profile=profile, overrides={**changes, **(overrides or {})})
+        return dataclasses.replace(protocol, name=f"{protocol.name}{VARIANT_SEP}{variant}")
     path = protocol_path(name_or_path)
     data = dict(load_toml(path))
     profiles = data.pop("profile", {})
@@ -338,4 +400,7 @@ __all__ = [
     "apply_hints",
     "load_protocol",
     "protocol_path",
+    "split_variant",
+    "variant_name",
+    "variant_overrides",
 ]

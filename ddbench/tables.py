@@ -43,14 +43,20 @@ METRIC_TITLES = {
     "diversity": "Run metrics",
     "storage": "Storage: bytes of images and stored soft labels, online-teacher forward passes per student epoch",
     "cost": "Cost: distillation wall time and peak memory, evaluation wall time per student",
+    "hlr": "HLR = acc(real, hard) − acc(syn, hard), points (lower is better)",
+    "ior": "IOR = acc(syn, recipe) − acc(random, recipe), points",
+    "lrs": "LRS = N(0.5·IOR − 0.5·HLR) on fractions, in [0, 1]",
+    "ars": "ARS = N(0.5·IOR with augmentation + 0.5·IOR without) on fractions, in [0, 1]",
 }
+#: DD-Ranking-style scores (``ddbench score``), tabulated per student arch and recipe from their per-seed values.
+SCORE_METRICS = ("hlr", "ior", "lrs", "ars")
 #: Metric tables that show a fixed set of names, in this column order (built by :func:`storage_frame`/`cost_frame`).
 METRIC_SETS = {
     "storage": ("images_bytes", "soft_labels_bytes", "total_bytes", "teacher_forwards_per_epoch"),
     "cost": ("distill_time_s", "distill_peak_mem_mb", "eval_time_per_student_s"),
 }
 #: Columns where smaller is better (bold marks the minimum).
-METRIC_LOWER_IS_BETTER = {name: True for names in METRIC_SETS.values() for name in names}
+METRIC_LOWER_IS_BETTER = {name: True for names in METRIC_SETS.values() for name in names} | {"hlr": True}
 #: How the storage and cost columns print (human units).
 METRIC_UNITS = {
     "images_bytes": "bytes",
@@ -61,8 +67,8 @@ METRIC_UNITS = {
     "eval_time_per_student_s": "seconds",
     "distill_peak_mem_mb": "mb",
 }
-FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv"}
-EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
+FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv", "json": "json", "html": "html"}
+EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "json": "json", "html": "html"}
 MISSING = "—"
 ERROR = "err"
 PAPER_COLUMNS = (
@@ -158,6 +164,7 @@ class Cell:
     text: str | None = None  # preformatted value (published numbers, as printed)
     bold: bool = False
     note: int | None = None  # footnote number
+    provenance: dict[str, Any] = field(default_factory=dict)  # where the value came from (``--format json``)
 
 
 @dataclass(frozen=True)
@@ -196,8 +203,24 @@ def _aggregate(df: pd.DataFrame, value: str, sub: str) -> dict[tuple[str, int, s
             distinct = list(dict.fromkeys(failed))
             prefix = f"{len(failed)} of {len(failed) + len(values)} seeds failed: " if values else ""
             cell.error = prefix + "; ".join(distinct)
+        cell.provenance = _provenance(group)
         cells[(str(method), int(ipc), str(key), str(grp))] = cell
     return cells
+
+
+#: Row columns a reproduced cell's provenance lists (their distinct values), for ``--format json``.
+PROVENANCE_COLUMNS = ("run_id", "eval_seed", "distill_seed", "protocol", "protocol_version", "protocol_hash",
+                      "eval_teachers", "teacher_id", "config_hash", "ddbench_version", "git_sha", "torch_version",
+                      "run_device", "created_at")  # fmt: skip
+
+
+def _provenance(rows: pd.DataFrame) -> dict[str, list[Any]]:
+    out = {}
+    for column in PROVENANCE_COLUMNS:
+        values = _unique(rows, column)
+        if values:
+            out[column] = [v.item() if hasattr(v, "item") else v for v in values]
+    return out
 
 
 def _paper_cells(
@@ -225,7 +248,9 @@ def _paper_cells(
             if key in cells:
                 continue
             std = r["top1_std_text"]
-            cells[key] = Cell(mean=float(r["top1"]), n=1, text=f"{r['top1_text']}±{std}" if std else r["top1_text"])
+            cells[key] = Cell(mean=float(r["top1"]), n=1, text=f"{r['top1_text']}±{std}" if std else r["top1_text"],
+                              provenance={k: str(r[k]) for k in ("paper", "table", "row", "protocol_note",
+                                          "source_file", "protocol") if k in r and str(r[k])})  # fmt: skip
             sources.append((str(r["paper"]), str(r["table"]), label))
     return cells, sources
 
@@ -328,7 +353,9 @@ def _groups_of(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str], list[str
 def _caption(df: pd.DataFrame, metric: str, metric_mode: bool, counts: list[int], user: str, paper: bool) -> str:
     parts = [user.strip().rstrip(".") + "."] if user.strip() else []
     datasets = ", ".join(map(str, _unique(df, "dataset"))) or "?"
-    if metric_mode:
+    if metric in SCORE_METRICS:
+        what, unit = METRIC_TITLES[metric], "evaluation seeds"
+    elif metric_mode:
         what, unit = METRIC_TITLES.get(metric, "Run metrics"), "distillation runs"
     else:
         what, unit = METRIC_TITLES.get(metric, metric), "evaluation seeds"
@@ -429,7 +456,8 @@ def layout(
 
     metric_mode = metric not in ACCURACY_METRICS
     value, sub = ("value", "name") if metric_mode else (metric, "arch")
-    if metric_mode and metric not in METRIC_SETS and metric != "diversity" and "name" in df.columns:
+    named = metric in METRIC_SETS or metric in SCORE_METRICS or metric == "diversity"
+    if metric_mode and not named and "name" in df.columns:
         df = df[df["name"] == metric]
     if methods is not None:
         df = df[df["method"].isin(list(methods))]
@@ -483,7 +511,7 @@ def layout(
         for col in columns
     }
     for col in columns:  # bold the best of each column among methods at the same ipc, compared as printed
-        higher = not (metric_mode and METRIC_LOWER_IS_BETTER.get(col.sub, False))
+        higher = not (metric_mode and METRIC_LOWER_IS_BETTER.get(col.sub, METRIC_LOWER_IS_BETTER.get(metric, False)))
         for ipc in row_ipcs:
             shown = {r: round(cells[(r, col)].mean, decimals[col]) for r in rows if r[1] == ipc
                      and cells[(r, col)].mean is not None}  # fmt: skip
@@ -545,7 +573,8 @@ def build_table(
         archs: student architectures, in column order (default: all, natural order).
         ipcs: ipc values, in row order (default: all, ascending).
         methods: rows to keep (default: all; published rows only for methods that have reproduced numbers).
-        fmt: ``md``, ``latex`` or ``csv``.
+        fmt: ``md``, ``latex``, ``csv``, ``json`` (one record per cell with its provenance) or ``html`` (a
+            ``<table>`` element, for ``ddbench report``).
         caption: a title sentence put before the generated caption.
         paper_df: published numbers (:func:`load_paper_numbers`), shown in ``(paper)`` columns beside our columns
             of the protocol each was measured under.
@@ -554,7 +583,7 @@ def build_table(
     if fmt not in FORMATS:
         from ddbench.config import ConfigError
 
-        raise ConfigError(f"unknown table format {fmt!r}; use md, latex or csv")
+        raise ConfigError(f"unknown table format {fmt!r}; use md, latex, csv, json or html")
     grid = layout(
         df,
         metric=metric,
@@ -565,7 +594,8 @@ def build_table(
         paper_df=paper_df,
         distill_arch=distill_arch,
     )
-    return {"md": to_markdown, "latex": to_latex, "csv": to_csv}[FORMATS[fmt]](grid)
+    writers = {"md": to_markdown, "latex": to_latex, "csv": to_csv, "json": to_json, "html": to_html}
+    return writers[FORMATS[fmt]](grid)
 
 
 # -- writers --------------------------------------------------------------------------------------------------------
@@ -691,10 +721,8 @@ def to_latex(grid: Grid) -> str:
 CSV_COLUMNS = ["method", "ipc", "group", "column", "source", "mean", "std", "n", "display", "best", "error"]
 
 
-def to_csv(grid: Grid) -> str:
-    """The aggregated cells in long form (one line per row × column), in table order."""
-    import pandas as pd
-
+def _cell_records(grid: Grid) -> list[dict[str, Any]]:
+    """One dict per (row, column) in table order, the fields of :data:`CSV_COLUMNS`."""
     records = []
     for row in grid.rows:
         for col in grid.columns:
@@ -714,8 +742,63 @@ def to_csv(grid: Grid) -> str:
                     "error": cell.error,
                 }
             )
-    frame = pd.DataFrame.from_records(records, columns=CSV_COLUMNS)
+    return records
+
+
+def to_csv(grid: Grid) -> str:
+    """The aggregated cells in long form (one line per row × column), in table order."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(_cell_records(grid), columns=CSV_COLUMNS)
     return frame.to_csv(index=False, lineterminator="\n")
+
+
+def to_html(grid: Grid) -> str:
+    """One ``<table>``: caption, a header row per protocol group when there are several, cells (best in
+    ``<strong>``, footnote marks in ``<sup>``) and the notes in a ``<tfoot>``."""
+    from html import escape
+
+    ncols = 2 + len(grid.columns)
+    lines = ['<table class="ddbench">', f"<caption>{escape(grid.caption)}</caption>", "<thead>"]
+    if grid.grouped:
+        groups = "".join(f'<th colspan="{span}">{escape(g)}</th>' for g, span in _col_groups(grid))
+        lines.append(f'<tr><th colspan="2"></th>{groups}</tr>')
+    subs = "".join(f"<th>{escape(f'{c.sub} ({c.source})' if grid.paper else c.sub)}</th>" for c in grid.columns)
+    lines += [f"<tr><th>Method</th><th>IPC</th>{subs}</tr>", "</thead>", "<tbody>"]
+    for row in grid.rows:
+        out = [f"<th>{escape(row[0])}</th>", f"<td>{row[1]}</td>"]
+        for col in grid.columns:
+            cell = grid.cells[(row, col)]
+            text = escape(_cell_text(grid, row, col, "±"))
+            if cell.bold:
+                text = f"<strong>{text}</strong>"
+            if cell.note:
+                text += f"<sup>{cell.note}</sup>"
+            out.append(f'<td class="{col.source}">{text}</td>')
+        lines.append("<tr>" + "".join(out) + "</tr>")
+    lines.append("</tbody>")
+    notes = [f"<sup>{i}</sup> {escape(n)}" for i, n in enumerate(grid.footnotes, 1)]
+    if grid.sources:
+        notes.append(f"Published numbers: {escape(grid.sources)}.")
+    if notes:
+        lines.append(f'<tfoot><tr><td colspan="{ncols}">' + "<br>".join(notes) + "</td></tr></tfoot>")
+    lines.append("</table>")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(grid: Grid) -> str:
+    """The table as JSON for leaderboards: caption, notes, and one record per cell with its provenance.
+
+    A reproduced cell lists the distinct runs, seeds, protocol (version, hash), teachers and code versions of the
+    rows it aggregates; a published cell names its paper, table, row and CSV file.
+    """
+    import json
+
+    cells = []
+    for record, (row, col) in zip(_cell_records(grid), ((r, c) for r in grid.rows for c in grid.columns)):
+        cells.append({**record, "provenance": grid.cells[(row, col)].provenance})
+    doc = {"caption": grid.caption, "footnotes": grid.footnotes, "published_sources": grid.sources, "cells": cells}
+    return json.dumps(doc, indent=1, default=str, allow_nan=False, ensure_ascii=False) + "\n"
 
 
 # -- storage and cost ---------------------------------------------------------------------------------------------
@@ -779,3 +862,22 @@ def cost_frame(runs: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:
                 continue
             rows.append(_metric_row(run, name, float(value)))
     return pd.DataFrame(rows, columns=METRIC_ROW)
+
+
+def scores_frame(metrics: pd.DataFrame, score: str) -> pd.DataFrame:
+    """Metric rows for ``--metric hlr|ior|lrs|ars``: one row per evaluation seed of each stored score, named
+    ``<arch> · <recipe>``, so a cell is the mean ± std over seeds (and over distillation seeds when there are several).
+    """
+    import pandas as pd
+
+    from ddbench.scores import parse_metric_name
+
+    rows = []
+    for m in metrics.to_dict("records"):
+        parsed = parse_metric_name(m["name"])
+        if parsed is None or parsed[0] != score:
+            continue
+        per_seed = _extra(m.get("extra_json")).get("per_seed") or {"0": m["value"]}
+        for value in per_seed.values():
+            rows.append({**_metric_row(m, f"{parsed[1]} · {parsed[2]}", float(value)), "run_id": m["run_id"]})
+    return pd.DataFrame(rows, columns=[*METRIC_ROW, "run_id"])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ddbench.method import DistillContext, DistilledSet, Method, TeacherSpec, real_set
+from ddbench.ops.features import train_outputs
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,7 @@ class Herding(Method):
         chosen = {}
         for c in range(ctx.dataset.num_classes):
             idx = ctx.dataset.class_indices(c)
-            feats = []
-            for start in range(0, idx.numel(), self.config.batch_size):
-                batch = ctx.dataset.train.load(idx[start : start + self.config.batch_size])
-                x = ctx.dataset.normalize(batch.to(ctx.device))
-                feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
-            chosen[c] = idx[herd(torch.cat(feats), ctx.ipc).to(idx.device)]
+            feats = train_outputs(model, ctx.dataset, idx, device=ctx.device, batch_size=self.config.batch_size)
+            chosen[c] = idx[herd(feats, ctx.ipc).to(idx.device)]
             ctx.progress("herding", c + 1, ctx.dataset.num_classes)
         return real_set(ctx.dataset, chosen)

@@ -17,14 +17,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "ddbench"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("ddbench", "ddbench.version", "ddbench.errors", "ddbench.config", "ddbench.registry", "ddbench.io"),
+    (
+        "ddbench",
+        "ddbench.version",
+        "ddbench.errors",
+        "ddbench.config",
+        "ddbench.registry",
+        "ddbench.io",
+        "ddbench.scores",
+    ),
     ("ddbench.artifacts", "ddbench.data", "ddbench.models", "ddbench.ops.augment", "ddbench.schedules"),
     ("ddbench.pixels", "ddbench.labels", "ddbench.augmentations", "ddbench.protocol", "ddbench.protocols"),
     ("ddbench.distilled", "ddbench.method", "ddbench.train", "ddbench.store", "ddbench.ops", "ddbench.plugins"),
     ("ddbench.teachers", "ddbench.experts"),
-    ("ddbench.evaluate", "ddbench.tables"),
-    ("ddbench.pipeline",),
-    ("ddbench.cli", "ddbench.__main__"),
+    ("ddbench.evaluate", "ddbench.tables", "ddbench.references"),
+    ("ddbench.pipeline", "ddbench.scoring", "ddbench.selection", "ddbench.verify"),
+    ("ddbench.cli", "ddbench.__main__", "ddbench.report"),
 ]
 
 

@@ -266,7 +266,7 @@ def test_shipped_paper_numbers_load() -> None:
 def test_method_order_and_bad_format() -> None:
     assert method_order(["sre2l", "random", "dwa", "edc"]) == ["random", "dwa", "edc", "sre2l"]
     with pytest.raises(ConfigError, match="unknown table format"):
-        build_table(synthetic(), fmt="html")
+        build_table(synthetic(), fmt="docx")
 
 
 def test_latex_escapes_names() -> None:

@@ -28,6 +28,9 @@ SUBCOMMANDS = (
     "ddbench.cli.table_cmd",
     "ddbench.cli.show_cmd",
     "ddbench.cli.sweep_cmd",
+    "ddbench.cli.score_cmd",
+    "ddbench.cli.verify_cmd",
+    "ddbench.cli.report_cmd",
 )
 
 

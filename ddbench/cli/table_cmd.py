@@ -25,8 +25,10 @@ EPILOG = """examples:
   ddbench table --dataset cifar10 --metric diversity
   ddbench table --dataset cifar10 --metric storage      # bytes of images + soft labels, teacher passes per epoch
   ddbench table --dataset cifar10 --metric cost         # distil time, peak memory, evaluation time per student
+  ddbench table --dataset digits --metric lrs            # DD-Ranking-style scores stored by `ddbench score`
+  ddbench table --dataset digits --format json           # one record per cell with its provenance
 """
-METRICS = ("top1", "top5", "best_top1", "diversity", "storage", "cost")
+METRICS = ("top1", "top5", "best_top1", "diversity", "storage", "cost", "hlr", "ior", "lrs", "ars")
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -49,7 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
     p.add_argument("--ipc", default=None, help="comma-separated ipc values (default: all)")
     p.add_argument("--archs", default=None, help="comma-separated student architectures, in column order")
-    p.add_argument("--format", dest="fmt", default="md", choices=["md", "latex", "csv"], help="output format")
+    p.add_argument(
+        "--format", dest="fmt", default="md", choices=["md", "latex", "csv", "json", "html"], help="output format"
+    )
     p.add_argument("--out", default=None, help="also write <out>/<dataset>-<protocol>.<ext>")
     p.add_argument("--with-paper", action="store_true", help="add published numbers (leaderboards/papers/*.csv)")
     p.add_argument("--metric", default="top1", help=" | ".join(METRICS) + " (default top1)")
@@ -71,12 +75,12 @@ def _distill_arch(store: Any, df: pd.DataFrame, default: str) -> str:
     return max(sorted(set(archs)), key=archs.count) if archs else default
 
 
-def _tables(args: argparse.Namespace) -> list[tuple[str, str]]:
+def tables_for(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(file stem, table text) for every table the arguments ask for."""
     from ddbench.data import DATASETS
     from ddbench.errors import UserError
     from ddbench.store import Store
-    from ddbench.tables import build_table, cost_frame, load_paper_numbers, storage_frame
+    from ddbench.tables import SCORE_METRICS, build_table, cost_frame, load_paper_numbers, scores_frame, storage_frame
 
     if args.metric not in METRICS:
         raise UserError(f"--metric {args.metric!r} is not one of {', '.join(METRICS)}")
@@ -89,12 +93,17 @@ def _tables(args: argparse.Namespace) -> list[tuple[str, str]]:
         ipcs = [int(i) for i in _csv(args.ipc) or []] or None
     except ValueError:
         raise UserError(f"--ipc takes comma-separated integers, got {args.ipc!r}") from None
+    if args.metric in SCORE_METRICS:
+        df = scores_frame(store.metrics(dataset=dataset, method=methods, ipc=ipcs), args.metric)
+        if df.empty:
+            raise UserError(f"no {args.metric} scores for {dataset} in {store.path}; run `ddbench score` first")
+        return [(f"{dataset}-{args.metric}", build_table(df, metric=args.metric, fmt=args.fmt))]
     if args.metric in ("diversity", "storage", "cost"):
         runs = store.runs(dataset=dataset, method=methods)
         runs = runs[runs["ipc"].isin(ipcs)] if ipcs else runs
         if args.metric == "diversity":
             df = store.metrics(dataset=dataset, method=methods, ipc=ipcs)
-            df = df[~df["name"].str.startswith("storage_")] if len(df) else df
+            df = df[~df["name"].str.startswith(("storage_", "score:"))] if len(df) else df
         elif args.metric == "storage":
             df = storage_frame(runs, store.evaluations(dataset=dataset), store.metrics(dataset=dataset))
         else:
@@ -163,7 +172,7 @@ def execute(args: argparse.Namespace) -> int:
     from ddbench.tables import EXTENSIONS, FORMATS
 
     ext = EXTENSIONS[FORMATS[args.fmt]]
-    for stem, text in _tables(args):
+    for stem, text in tables_for(args):
         console.print(text, markup=False, highlight=False, soft_wrap=True)
         if args.out:
             path = Path(args.out).expanduser() / f"{stem}.{ext}"
