@@ -25,13 +25,14 @@ LAYERS: list[tuple[str, ...]] = [
         "ddbench.registry",
         "ddbench.io",
         "ddbench.scores",
+        "ddbench.distributed",
     ),
     ("ddbench.artifacts", "ddbench.data", "ddbench.models", "ddbench.ops.augment", "ddbench.schedules"),
     ("ddbench.pixels", "ddbench.labels", "ddbench.augmentations", "ddbench.protocol", "ddbench.protocols"),
     ("ddbench.distilled", "ddbench.method", "ddbench.train", "ddbench.store", "ddbench.ops", "ddbench.plugins"),
     ("ddbench.teachers", "ddbench.experts"),
     ("ddbench.evaluate", "ddbench.tables", "ddbench.references"),
-    ("ddbench.pipeline", "ddbench.scoring", "ddbench.selection", "ddbench.verify"),
+    ("ddbench.pipeline", "ddbench.scoring", "ddbench.selection", "ddbench.verify", "ddbench.ddp", "ddbench.sweep"),
     ("ddbench.cli", "ddbench.__main__", "ddbench.report"),
 ]
 

@@ -151,13 +151,14 @@ def expand(spec: SweepSpec) -> Plan:
     Raises:
         ConfigError / UserError: the first run or protocol that cannot be resolved, before anything runs.
     """
-    from ddbench.cli.args import profile as parse_profile
+    import torch
+
     from ddbench.method import TeacherSpec
     from ddbench.models import ARCHS
-    from ddbench.pipeline import default_eval_archs, default_protocols, prepare, protocol_key
+    from ddbench.pipeline import default_eval_archs, default_profile, default_protocols, prepare, protocol_key
     from ddbench.protocol import load_protocol
 
-    profile = parse_profile(spec.preset, spec.device)
+    profile = default_profile(torch.device(spec.device)) if spec.preset == "auto" else spec.preset
     teachers: dict[str, Unit] = {}
     runs: list[Unit] = []
     evals: list[Unit] = []
