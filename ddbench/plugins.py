@@ -28,7 +28,7 @@ BUILTIN_METHODS = {
     "rded": "ddbench_methods.rded:RDED",
     "minimax": "ddbench_methods.minimax:Minimax",
     "dit": "ddbench_methods.minimax:DiT",
-    "dit-ft": "ddbench_methods.minimax:DiTFinetune",
+    "minimax-finetune": "ddbench_methods.minimax:DiTFinetune",
 }
 
 METHODS: Registry[Any] = Registry("method", base_cls="ddbench.method:Method", entry_point_group="ddbench.methods")

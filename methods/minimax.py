@@ -1,5 +1,5 @@
 """Minimax diffusion (Gu, Vahidian, Kungurtsev, Wang, Jiang, You, Chen. Efficient Dataset Distillation via Minimax
-Diffusion. CVPR 2024), with the paper's baselines ``dit`` and ``dit-ft`` as method variants.
+Diffusion. CVPR 2024), with the paper's baselines ``dit`` and ``minimax-finetune`` as method variants.
 
 Implements spec ``minimax.md`` §2–§4 and §9 on the building blocks of :mod:`ddbench.ops.diffusion`:
 
@@ -22,7 +22,8 @@ Implements spec ``minimax.md`` §2–§4 and §9 on the building blocks of :mod:
   (``label_space = "imagenet-1k"``: the wnid's ImageNet-1K index, the §2 table), never from directory order;
   ``"own"`` (pixel path) is the dataset's own class index.
 * **Variants** (§9.2 baselines): ``dit`` samples the base model without fine-tuning (same sampler, CFG, IPC and
-  evaluation; issue #20); ``dit-ft`` is the fine-tune-only ablation (λ_r = λ_d = 0, the ablation's first row).
+  evaluation; issue #20); ``minimax-finetune`` is the fine-tune-only ablation (λ_r = λ_d = 0, the first row of
+  the ablation).
   ``ddbench run --method minimax`` evaluates both beside Minimax and the random baseline (:attr:`baselines`).
 * **Evaluation**: hard labels under ``idc`` (ImageNet subsets, 224 px) or ``idc-32`` (32-px data) as the paper
   protocol, with ResNetAP-10, ConvNet-6 and ResNet-18 (instance norm) as the paper students (§5).
@@ -59,7 +60,7 @@ from ddbench.ops.diffusion.schedule import SAMPLING_STEPS
 IDC_DATASETS = ("imagewoof", "imagenette", "imageidc")
 IDC32_DATASETS = ("cifar10", "cifar100")
 #: The paper's students (§5): instance norm everywhere; ResNet-18's norm is not confirmed by the paper (§11).
-PAPER_STUDENTS = ("resnet_ap10", "convnet6", "resnet18_in")
+PAPER_STUDENTS = ("resnet_ap10", "convnet_d6", "resnet18_in")
 IDC32_STUDENTS = ("convnet", "resnet_ap10")
 
 
@@ -145,7 +146,7 @@ class Minimax(Method):
     #: ``minimax`` (fine-tune with the configured λ), ``finetune`` (λ = 0) or ``base`` (no fine-tuning).
     stage: ClassVar[str] = "minimax"
     #: Variants ``ddbench run`` evaluates beside this method (the paper's DiT column and the ablation's first row).
-    baselines: ClassVar[tuple[str, ...]] = ("dit", "dit-ft")
+    baselines: ClassVar[tuple[str, ...]] = ("dit", "minimax-finetune")
     config: MinimaxConfig
 
     @classmethod
@@ -175,7 +176,7 @@ class Minimax(Method):
 
     # -- pieces -----------------------------------------------------------------------------------------------------
     def recipes(self) -> tuple[G.PretrainRecipe, G.FinetuneRecipe, G.SampleRecipe]:
-        """The three stage recipes this variant uses (``dit-ft`` zeroes the λ's; ``dit`` never fine-tunes)."""
+        """The three stage recipes this variant uses (``minimax-finetune`` zeroes the λ's; ``dit`` never fine-tunes)."""
         c = self.config
         zero = self.stage == "finetune"
         return (
@@ -248,7 +249,7 @@ class DiT(Minimax):
 class DiTFinetune(Minimax):
     """The fine-tune-only ablation (λ_r = λ_d = 0; plain DiffFit fine-tuning, the ablation's first row)."""
 
-    name = "dit-ft"
+    name = "minimax-finetune"
     stage = "finetune"
     baselines = ()
     paper = "fine-tune-only ablation of Minimax diffusion (Gu et al., CVPR 2024): lambda_r = lambda_d = 0"

@@ -18,7 +18,7 @@ from ddbench.distilled import DistilledSet, SoftLabelSpec
 from ddbench.evaluate import evaluate, resolve_for_artifact
 from ddbench.labels import Batch, StoredLabels, build_label_mode, kl_loss, mixed_ce
 from ddbench.pixels import UInt8Space
-from ddbench.protocol import SHRINK_KEYS, TEACHER_RECIPE_DIR, Protocol, apply_hints, load_protocol
+from ddbench.protocol import LATER_FIELDS, SHRINK_KEYS, TEACHER_RECIPE_DIR, Protocol, apply_hints, load_protocol
 from ddbench.protocols import PROTOCOLS
 from ddbench.teachers import recipe_path
 from ddbench.train import Trainer, TrainingDiverged, augment_batch, evaluate_models
@@ -218,8 +218,9 @@ def test_width_mult_enters_the_hash_only_when_set():
     p = tiny_protocol()
     values = dataclasses.asdict(p)
     values.pop("description")
-    values.pop("width_mult")
-    assert p.hash == config_hash(values)  # adding the field kept every existing cache key
+    for later in LATER_FIELDS:  # width_mult, then IDC's epochs_by_ipc / milestone_fractions
+        values.pop(later)
+    assert p.hash == config_hash(values)  # adding the fields kept every existing cache key
     assert dataclasses.replace(p, width_mult=0.25).hash != p.hash
     for dataset in ("cifar10", "tiny-imagenet"):  # spec sre2l-dwa §10: the cpu teachers are ResNet-18 ×0.25
         assert load_protocol(recipe_path(dataset), profile="cpu").width_mult == 0.25

@@ -128,9 +128,11 @@ def test_each_stage_is_keyed_by_what_determines_it(digits, tmp_path, monkeypatch
 
 
 def test_variants_share_the_preset_and_differ_only_in_stage():
-    assert get_method("dit") is DiT and get_method("dit-ft") is DiTFinetune and get_method("minimax") is Minimax
+    assert (
+        get_method("dit") is DiT and get_method("minimax-finetune") is DiTFinetune and get_method("minimax") is Minimax
+    )
     assert Minimax.preset_path() == DiT.preset_path() == DiTFinetune.preset_path()
-    assert Minimax.baselines == ("dit", "dit-ft") and DiT.baselines == DiTFinetune.baselines == ()
+    assert Minimax.baselines == ("dit", "minimax-finetune") and DiT.baselines == DiTFinetune.baselines == ()
     ft = make(DiTFinetune).recipes()[1]
     assert (ft.lambda_r, ft.lambda_d, ft.uses_memory) == (0.0, 0.0, False)
     mm = make().recipes()[1]
@@ -221,7 +223,7 @@ def test_paper_protocols_and_students():
     m = make()
     assert [m.paper_protocol(d) for d in ("imagewoof", "imagenette", "imageidc", "cifar10", "digits")] == [
         "idc", "idc", "idc", "idc-32", None]  # fmt: skip
-    assert tuple(m.paper_students("imagewoof")) == ("resnet_ap10", "convnet6", "resnet18_in")
+    assert tuple(m.paper_students("imagewoof")) == ("resnet_ap10", "convnet_d6", "resnet18_in")
     assert m.cpu_protocol("digits") == "idc-32" and m.cpu_protocol("imagewoof") == "idc"
 
 
@@ -354,7 +356,7 @@ def test_paper_baselines_get_the_runs_settings_and_random_does_not():
     from ddbench.pipeline import RunRequest, baseline_state, default_eval_archs, default_protocols, prepare
 
     state = prepare(RunRequest(method="minimax", dataset="digits", profile="cpu", overrides={"finetune_steps": 7}))
-    dit, ft, rnd = (baseline_state(state, m) for m in ("dit", "dit-ft", "random"))
+    dit, ft, rnd = (baseline_state(state, m) for m in ("dit", "minimax-finetune", "random"))
     assert dit.method.config.finetune_steps == ft.method.config.finetune_steps == 7
     assert rnd.request.overrides == {} and rnd.method.name == "random"
     assert len({state.run_id, dit.run_id, ft.run_id, rnd.run_id}) == 4
@@ -373,4 +375,4 @@ def test_run_prints_minimax_dit_dit_ft_and_random_rows(capsys):
                  "--device", "cpu", "--seeds", "0", *tiny]) == 0  # fmt: skip
     out = capsys.readouterr().out
     rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "ipc" not in line]
-    assert {"minimax", "dit", "dit-ft", "random"} <= set(rows), out
+    assert {"minimax", "dit", "minimax-finetune", "random"} <= set(rows), out

@@ -32,7 +32,7 @@ SIZES = _native_sizes()
 # Built-in architectures only: other test modules register tiny test architectures in the same registry.
 BUILTIN_ARCHS = [name for name in ARCHS.names() if ARCHS.origin(name) == "builtin"]
 #: Architectures that exist only from some input size on (ConvNet-6 pools six times: 64 px and up).
-MIN_SIZE = {"convnet6": 64}
+MIN_SIZE = {"convnet_d6": 64}
 CASES = [
     pytest.param(arch, size, chans, id=f"{arch}-{size}px-{chans}ch", marks=[pytest.mark.slow] if size > 64 else [])
     for arch in BUILTIN_ARCHS
@@ -64,7 +64,7 @@ FINAL_MAP = {
     "convnet_d2": {8: 2, 28: 8, 32: 8, 64: 16},
     "convnet_w32": {8: 2, 28: 4, 32: 4, 64: 4},
     # IDC / Minimax students: ConvNet-6 (1×1 at 64 px, 3×3 at 224) and ResNet-18 with instance norm
-    "convnet6": {64: 1},
+    "convnet_d6": {64: 1},
     "resnet18_in": {8: 1, 28: 4, 32: 4, 64: 8},
 }
 
@@ -100,9 +100,9 @@ def test_every_arch_is_covered_by_the_final_map_table():
 
 
 @pytest.mark.parametrize("size", [8, 28, 32])
-def test_convnet6_refuses_inputs_it_would_pool_below_one_pixel(size):
+def test_convnet_d6_refuses_inputs_it_would_pool_below_one_pixel(size):
     with pytest.raises(ValueError, match="depth 6 pools"):
-        create_model("convnet6", num_classes=NUM_CLASSES, img_size=size)
+        create_model("convnet_d6", num_classes=NUM_CLASSES, img_size=size)
 
 
 def test_resnet18_in_has_instance_norm_where_resnet18_has_batchnorm():
@@ -505,9 +505,9 @@ def test_edc_convnet_variants():
         assert not any(isinstance(x, nn.BatchNorm2d) for x in m.modules())
 
 
-def test_convnet6_at_224_has_the_idc_feature_width():
+def test_convnet_d6_at_224_has_the_idc_feature_width():
     """Spec minimax.md §5: six blocks of width 128 end at 3×3 at 224 px, so the classifier reads 1152 features."""
-    model = create_model("convnet6", num_classes=10, img_size=224)
+    model = create_model("convnet_d6", num_classes=10, img_size=224)
     convs = 3 * 9 * 128 + 128 + 5 * (128 * 9 * 128 + 128)
     assert model.num_features == 1152
     assert _n_params(model) == convs + 6 * 2 * 128 + 1152 * 10 + 10 == 754_570

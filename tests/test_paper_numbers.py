@@ -218,9 +218,9 @@ def test_edc_and_rded_rows_name_their_protocol(allrows: pd.DataFrame) -> None:
 # (method, dataset, ipc, distill_arch, eval_arch, table, top1, std): spec minimax.md §6 (Table 1, ablation, IN-1K).
 MINIMAX_HEADLINE = [
     ("minimax", "imagewoof", 10, "dit-xl-2", "resnet_ap10", "Table 1", 39.2, 1.3),
-    ("minimax", "imagewoof", 100, "dit-xl-2", "resnet18", "Table 1", 65.7, 0.4),
+    ("minimax", "imagewoof", 100, "dit-xl-2", "resnet18_in", "Table 1", 65.7, 0.4),
     ("minimax", "imagewoof", 50, "dit-xl-2", "convnet_d6", "Table 1", 53.9, 0.6),
-    ("dit", "imagewoof", 70, "dit-xl-2", "resnet18", "Table 1", 51.5, 1.0),
+    ("dit", "imagewoof", 70, "dit-xl-2", "resnet18_in", "Table 1", 51.5, 1.0),
     ("random", "imagewoof", 20, "none", "resnet_ap10", "Table 1", 32.7, 0.4),
     ("random", "imagewoof", 100, "none", "convnet_d6", "Table 1", 52.2, 0.4),
     ("minimax-finetune", "imagewoof", 50, "dit-xl-2", "resnet_ap10", "Ablation (poster)", 51.0, 0.9),

@@ -17,8 +17,8 @@ RUN_EPILOG = """examples:
 protocols (--protocol): with --preset paper a run is scored under the method's own paper protocol (e.g. dwa-cifar)
 and the shared fair one (kd for soft-label methods, hard otherwise), shown side by side; under cpu it is one fair
 protocol (the dataset's, kd) so the demo stays fast. The table caption names every protocol and teacher it uses.
-Unless --no-baseline, the random baseline (and the method's own paper baselines, e.g. dit and dit-ft beside minimax)
-is evaluated beside the method under the same protocols, students and teacher.
+Unless --no-baseline, the random baseline (and the method's own paper baselines, e.g. dit and minimax-finetune
+beside minimax) is evaluated beside the method under the same protocols, students and teacher.
 """
 
 

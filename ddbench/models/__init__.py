@@ -42,7 +42,7 @@ _BUILTIN = {
     "convnet_bn": "ddbench.models.convnet:convnet_bn",
     "resnet_ap10": "ddbench.models.resnet_ap:resnet_ap10",
     # IDC / Minimax students (spec minimax.md §5), instance norm
-    "convnet6": "ddbench.models.convnet:convnet6",
+    "convnet_d6": "ddbench.models.convnet:convnet_d6",
     "resnet18_in": "ddbench.models.resnet:resnet18_in",
     # EDC / G-VBSM observers (spec edc.md §6)
     "wrn16_2": "ddbench.models.wrn:wrn16_2",

@@ -129,6 +129,6 @@ def convnet_w32(num_classes: int = 10, img_size: int = 32, in_chans: int = 3, **
     return convnet(num_classes, img_size, in_chans, **{"width": 32, **kwargs})
 
 
-def convnet6(num_classes: int = 10, img_size: int = 224, in_chans: int = 3, **kwargs: Any) -> ConvNet:
+def convnet_d6(num_classes: int = 10, img_size: int = 224, in_chans: int = 3, **kwargs: Any) -> ConvNet:
     """IDC/Minimax's ConvNet-6 (``-n convnet --depth 6``): six blocks of width 128, instance norm (3×3 map at 224)."""
     return convnet(num_classes, img_size, in_chans, **{"depth": 6, **kwargs})
