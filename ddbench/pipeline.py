@@ -41,7 +41,14 @@ from ddbench.errors import UserError
 from ddbench.io import atomic_file, clean_stale, home, lock, try_lock
 from ddbench.method import DistillContext, Method, TeacherSpec
 from ddbench.plugins import METHODS
-from ddbench.teachers import Teacher, get_teacher, load_teacher, resolve_teacher, teacher_dir
+from ddbench.teachers import (
+    Teacher,
+    get_teacher,
+    is_torchvision_default,
+    load_teacher,
+    resolve_teacher,
+    teacher_dir,
+)
 from ddbench.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -182,7 +189,7 @@ def teacher_identity(dataset: Dataset, spec: TeacherSpec, profile: str) -> dict[
     from ddbench.models import ARCHS
 
     arch = ARCHS.canonical(spec.arch or dataset.spec.default_teacher)
-    if dataset.id == "imagenet-1k" and arch == "resnet18" and spec.recipe in ("", "default") and not spec.kwargs:
+    if is_torchvision_default(dataset, arch, spec):
         return {"arch": arch, "source": "torchvision"}
     arch, protocol, _ = resolve_teacher(dataset, spec, profile)
     return {
