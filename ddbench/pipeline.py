@@ -518,7 +518,8 @@ def run_seed(
 
     unit_dir = state.run_dir / "eval-locks"
     lock_key = config_hash([key, label_teachers, seed], 12)
-    while todo := missing():
+    tried: set[str] = set()  # a unit that failed here is recorded with its error, not retried in a loop
+    while todo := [a for a in missing() if a not in tried]:
         paths = [unit_dir / f"{arch}-{lock_key}" for arch in todo]
         with _unit_locks(paths) as taken:
             mine = [todo[i] for i in taken]
@@ -526,6 +527,7 @@ def run_seed(
             if mine:
                 run_units(state, distilled, protocol, key, label_teachers, models, mine, seed, request, store,
                            device, progress, evaluate)  # fmt: skip
+                tried.update(mine)
                 continue
         with lock(paths[0]):  # every missing unit is being computed elsewhere: wait for one
             pass

@@ -313,3 +313,29 @@ def test_live_view_counts_units_per_stage_and_state(tmp_path: Path) -> None:
     assert [c for c in lines["teacher"] if c != "│"] == ["0", "0", "0", "1", "0", "0"]
     assert [c for c in lines["distil"] if c != "│"] == ["0", "1", "1", "0", "0", "0"]
     assert [c for c in lines["eval"] if c != "│"] == ["3", "0", "0", "0", "1", "0"]  # a retried unit waits again
+
+
+def test_a_diverging_evaluation_unit_records_its_error_and_raises_after_one_try(monkeypatch, tmp_path: Path) -> None:
+    """The worker side of a failing unit: one training (no loop retrying a recorded failure), its row written with
+    the error, the unit raising (so the driver retries or reports it) and not counted as cached."""
+    import ddbench.evaluate as ev
+    from ddbench.pipeline import distill, prepare
+    from ddbench.sweep.units import execute, is_cached
+
+    protocol = tmp_path / "diverge.toml"
+    protocol.write_text(TINY.replace("lr = 0.01", "lr = 1e12").replace("epochs = 5", "epochs = 2"))
+    spec = SweepSpec(methods=["random"], ipc=[2], seeds=[0], archs=["convnet"], protocols=[str(protocol)],
+                     eval_seeds=[0], preset="cpu", device="cpu")  # fmt: skip
+    plan = expand(spec)
+    run = next(u for u in plan.units if u.kind == "distil")
+    unit = next(u for u in plan.units if u.kind == "eval")
+    distill(prepare(run.request))  # random needs no teacher to distil
+    calls = []
+    original = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    with pytest.raises(RuntimeError, match="TrainingDiverged"):
+        execute(unit)
+    assert len(calls) == 1
+    (row,) = RecordDir(unit.records_dir).records("evaluations")
+    assert row["error"].startswith("TrainingDiverged") and row["arch"] == "convnet"
+    assert not is_cached(unit)
