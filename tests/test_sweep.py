@@ -217,6 +217,7 @@ def test_ingest_twice_leaves_the_store_unchanged(tmp_path: Path, capsys: pytest.
 
 
 # -- launchers on the digits sweep ------------------------------------------------------------------------------------
+@pytest.mark.slow  # the reference runs and the sweep each train DWA's teacher: about a minute on 2 cores
 def test_local_sweep_equals_the_sequential_runs_and_resubmits_nothing(reference: dict, tmp_path: Path) -> None:
     home = Path(os.environ["DDBENCH_HOME"])
     spec = grid(_protocol(home))
