@@ -42,7 +42,14 @@ from ddbench.errors import UserError
 from ddbench.io import atomic_file, clean_stale, home, lock, try_lock
 from ddbench.method import DistillContext, Method, TeacherSpec
 from ddbench.plugins import METHODS
-from ddbench.teachers import Teacher, get_teacher, load_teacher, resolve_teacher, teacher_dir
+from ddbench.teachers import (
+    Teacher,
+    get_teacher,
+    is_torchvision_default,
+    load_teacher,
+    resolve_teacher,
+    teacher_dir,
+)
 from ddbench.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -185,7 +192,7 @@ def teacher_identity(dataset: Dataset, spec: TeacherSpec, profile: str) -> dict[
     from ddbench.models import ARCHS
 
     arch = ARCHS.canonical(spec.arch or dataset.spec.default_teacher)
-    if dataset.id == "imagenet-1k" and arch == "resnet18" and spec.recipe in ("", "default") and not spec.kwargs:
+    if is_torchvision_default(dataset, arch, spec):
         return {"arch": arch, "source": "torchvision"}
     arch, protocol, _ = resolve_teacher(dataset, spec, profile)
     return {
@@ -556,13 +563,15 @@ def run_seed(job: SeedJob, archs: list[str]) -> None:
 
     unit_dir = job.state.run_dir / "eval-locks"
     lock_key = config_hash([job.key, job.label_teachers, job.seed], 12)
-    while todo := missing():
+    tried: set[str] = set()  # a unit that failed here is recorded with its error, not retried in a loop
+    while todo := [a for a in missing() if a not in tried]:
         paths = [unit_dir / f"{arch}-{lock_key}" for arch in todo]
         with _unit_locks(paths) as taken:
             mine = [todo[i] for i in taken]
             mine = [a for a in mine if a in missing()]  # rows finished while we took the locks
             if mine:
                 run_units(job, mine)
+                tried.update(mine)
                 continue
         with lock(paths[0]):  # every missing unit is being computed elsewhere: wait for one
             pass

@@ -399,7 +399,8 @@ def resolve_teacher(dataset: Dataset, spec: TeacherSpec, profile: str = "paper")
     return arch, protocol, _recipe_info(protocol, path, name, profile)
 
 
-def _is_torchvision_default(dataset: Dataset, arch: str, spec: TeacherSpec) -> bool:
+def is_torchvision_default(dataset: Dataset, arch: str, spec: TeacherSpec) -> bool:
+    """ImageNet-1K's default ResNet-18 is torchvision's pretrained model (imported, never trained here)."""
     return dataset.id == "imagenet-1k" and arch == "resnet18" and spec.recipe in ("", "default") and not spec.kwargs
 
 
@@ -415,7 +416,7 @@ def teacher_address(
     from ddbench.models import ARCHS
 
     arch = ARCHS.canonical(spec.arch or dataset.spec.default_teacher)
-    if _is_torchvision_default(dataset, arch, spec):
+    if is_torchvision_default(dataset, arch, spec):
         return None
     arch, protocol, recipe = resolve_teacher(dataset, spec, profile)
     width_mult = float(getattr(protocol, "width_mult", 1.0))

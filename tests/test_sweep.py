@@ -217,6 +217,7 @@ def test_ingest_twice_leaves_the_store_unchanged(tmp_path: Path, capsys: pytest.
 
 
 # -- launchers on the digits sweep ------------------------------------------------------------------------------------
+@pytest.mark.slow  # the reference runs and the sweep each train DWA's teacher: about a minute on 2 cores
 def test_local_sweep_equals_the_sequential_runs_and_resubmits_nothing(reference: dict, tmp_path: Path) -> None:
     home = Path(os.environ["DDBENCH_HOME"])
     spec = grid(_protocol(home))
@@ -265,15 +266,15 @@ def test_slurm_without_slurm_says_so_in_one_line(capsys: pytest.CaptureFixture[s
 
 
 # -- kill and resubmit --------------------------------------------------------------------------------------------
-SLOWER = TINY.replace("epochs = 5", "epochs = 60")
+SLOWER = TINY.replace("epochs = 5", "epochs = 25")  # ~1.5 s per ConvNet unit: the kill lands mid-sweep
 
 
 def test_killed_sweep_resubmission_runs_only_the_unfinished_units(tmp_path: Path) -> None:
     home = Path(os.environ["DDBENCH_HOME"])
     protocol = home / "slower.toml"
     protocol.write_text(SLOWER)
-    args = ["--methods", "random", "--ipc", "2", "--seeds", "0", "--archs", "convnet,resnet18", "--protocol",
-            str(protocol), "--eval-seeds", "0,1,2", "--preset", "cpu", "--device", "cpu"]  # fmt: skip
+    args = ["--methods", "random", "--ipc", "2", "--seeds", "0", "--archs", "convnet", "--protocol", str(protocol),
+            "--eval-seeds", "0,1,2,3", "--preset", "cpu", "--device", "cpu"]  # fmt: skip
     cmd = [sys.executable, "-m", "ddbench", "-q", "sweep", *args, "--workers", "2"]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -284,15 +285,15 @@ def test_killed_sweep_resubmission_runs_only_the_unfinished_units(tmp_path: Path
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-sweep
     proc.wait()
-    spec = SweepSpec(methods=["random"], ipc=[2], seeds=[0], archs=ARCHS, protocols=[str(protocol)],
-                     eval_seeds=[0, 1, 2], preset="cpu", device="cpu")  # fmt: skip
+    spec = SweepSpec(methods=["random"], ipc=[2], seeds=[0], archs=["convnet"], protocols=[str(protocol)],
+                     eval_seeds=[0, 1, 2, 3], preset="cpu", device="cpu")  # fmt: skip
     plan = expand(spec)
     unfinished = {u.uid for u in plan.units} - plan.cached
     assert len(plan.cached) >= 1 and 1 <= len(unfinished) < len(plan.units)
     with make_launcher("local", LaunchOptions(workers=2)) as launcher:
         result = run_sweep(plan, launcher, Store(), retries=0)
     assert set(result.ran) == unfinished  # nothing that finished before the kill ran again
-    assert len(Store().evaluations()) == 6 and Store().evaluations()["error"].isna().all()
+    assert len(Store().evaluations()) == 4 and Store().evaluations()["error"].isna().all()
 
 
 def test_live_view_counts_units_per_stage_and_state(tmp_path: Path) -> None:
@@ -313,3 +314,29 @@ def test_live_view_counts_units_per_stage_and_state(tmp_path: Path) -> None:
     assert [c for c in lines["teacher"] if c != "│"] == ["0", "0", "0", "1", "0", "0"]
     assert [c for c in lines["distil"] if c != "│"] == ["0", "1", "1", "0", "0", "0"]
     assert [c for c in lines["eval"] if c != "│"] == ["3", "0", "0", "0", "1", "0"]  # a retried unit waits again
+
+
+def test_a_diverging_evaluation_unit_records_its_error_and_raises_after_one_try(monkeypatch, tmp_path: Path) -> None:
+    """The worker side of a failing unit: one training (no loop retrying a recorded failure), its row written with
+    the error, the unit raising (so the driver retries or reports it) and not counted as cached."""
+    import ddbench.evaluate as ev
+    from ddbench.pipeline import distill, prepare
+    from ddbench.sweep.units import execute, is_cached
+
+    protocol = tmp_path / "diverge.toml"
+    protocol.write_text(TINY.replace("lr = 0.01", "lr = 1e12").replace("epochs = 5", "epochs = 2"))
+    spec = SweepSpec(methods=["random"], ipc=[2], seeds=[0], archs=["convnet"], protocols=[str(protocol)],
+                     eval_seeds=[0], preset="cpu", device="cpu")  # fmt: skip
+    plan = expand(spec)
+    run = next(u for u in plan.units if u.kind == "distil")
+    unit = next(u for u in plan.units if u.kind == "eval")
+    distill(prepare(run.request))  # random needs no teacher to distil
+    calls = []
+    original = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    with pytest.raises(RuntimeError, match="TrainingDiverged"):
+        execute(unit)
+    assert len(calls) == 1
+    (row,) = RecordDir(unit.records_dir).records("evaluations")
+    assert row["error"].startswith("TrainingDiverged") and row["arch"] == "convnet"
+    assert not is_cached(unit)

@@ -143,7 +143,7 @@ class LiveView:
         table = Table(title=f"ddbench sweep on {self.launcher}", caption=self.last_error[:160] or None)
         table.add_column("stage")
         for col in STATE_COLUMNS:
-            table.add_column(col, justify="right")
+            table.add_column(HEADERS.get(col, col), justify="right")
         for stage in STAGES:
             counts = Counter(s for uid, s in self.state.items() if self.kind[uid] == stage)
             table.add_row(stage, *(str(counts.get(c, 0)) for c in STATE_COLUMNS))
@@ -151,6 +151,8 @@ class LiveView:
 
 
 STATE_COLUMNS = ("waiting", "running", "done", "cached", "failed", "blocked")
+#: A launcher says when a unit finishes, not when it leaves the engine's queue: "running" means handed over.
+HEADERS = {"waiting": "pending", "running": "queued/running"}
 
 
 @contextlib.contextmanager
