@@ -39,6 +39,12 @@ Deviations, each a [ddbench] choice of the spec:
 * Optional guards, off by default (faithful: the official code has none, §9.1): ``syn_lr_min`` clamps α̃ after each
   step, ``nan_guard`` skips an update whose loss is not finite and logs it.
 * ``grad_mode="tesla"`` is an approximation of MTT's gradient for N > 1 (exact at N = 1, §8.2).
+* Evaluation students are the harness's, at full width: under the ``cpu`` profile the experts and the unrolled
+  student are ConvNet width 32 (spec §11) while the ConvNet student is width 128 (docs/design-notes.md, "Students
+  keep full width"). The paper's cross-architecture set (§6: ConvNet, AlexNet, VGG11, ResNet18_AP, ResNet18) maps
+  to ``convnet, alexnet, vgg11_bn, resnet18``; ResNet18_AP has no registered counterpart.
+* On cpu a run is scored under ``mtt@cpu`` only (``own_protocol_on_cpu``); the paper profile adds ``hard``, and
+  ``mtt-fixed`` (lr 0.01) puts MTT beside other methods under one fixed recipe.
 """
 
 from __future__ import annotations
