@@ -43,7 +43,7 @@ Deviations, each a [ddbench] choice of the spec:
   student are ConvNet width 32 (spec §11) while the ConvNet student is width 128 (docs/design-notes.md, "Students
   keep full width"). The paper's cross-architecture set (§6: ConvNet, AlexNet, VGG11, ResNet18_AP, ResNet18) maps
   to ``convnet, alexnet, vgg11_bn, resnet18``; ResNet18_AP has no registered counterpart.
-* On cpu a run is scored under ``mtt@cpu`` only (``own_protocol_on_cpu``); the paper profile adds ``hard``, and
+* On cpu a run is scored under ``mtt@cpu`` only (its ``cpu_protocol``); the paper profile adds ``hard``, and
   ``mtt-fixed`` (lr 0.01) puts MTT beside other methods under one fixed recipe.
 """
 
