@@ -20,11 +20,10 @@ online observers); about an hour in all.
 from __future__ import annotations
 
 import dataclasses
-import zipfile
 
 import pytest
 import torch
-from conftest import shared_data
+from conftest import cifar10_root
 from ddbench_methods.edc import EDC, LADDER, EDCConfig
 from ddbench_methods.rded import RDED, RDEDConfig
 
@@ -43,14 +42,7 @@ STUDENT = "convnet"
 @pytest.mark.data
 @pytest.mark.slow
 def test_cifar10_edc_rded_sre2l_and_ladder(tmp_path) -> None:
-    src = shared_data() / "cifar10"
-    zips = sorted(src.glob("CIFAR-10-images-*.zip")) if src.is_dir() else []
-    if len(zips) < 2:
-        pytest.skip(f"no CIFAR-10 zips under {src}")
-    root = tmp_path / "cifar10"
-    for z in zips:
-        with zipfile.ZipFile(z) as zf:
-            zf.extractall(root)
+    root = cifar10_root(tmp_path)
     ds = load_dataset("cifar10", data_root=root)
     base = resolve(EDCConfig, preset=load_toml(EDC.preset_path()), dataset="cifar10", ipc=10, profile="cpu").config
     specs = EDC(base).teachers(ds)

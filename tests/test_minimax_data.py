@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_data
+from conftest import cifar10_root
 from ddbench_methods.minimax import DiT, Minimax, MinimaxConfig
 
 from ddbench.artifacts import ArtifactCache
@@ -75,11 +75,8 @@ def nearest_real_cosine(images: torch.Tensor, labels: torch.Tensor, dataset) -> 
 
 
 @pytest.fixture(scope="module")
-def cifar10():
-    root = shared_data()
-    if not (root / "cifar10").exists():
-        pytest.skip(f"CIFAR-10 not under {root}")
-    return load_dataset("cifar10", root)
+def cifar10(tmp_path_factory):
+    return load_dataset("cifar10", cifar10_root(tmp_path_factory.mktemp("minimax-data")))
 
 
 def test_minimax_terms_move_diversity_and_representativeness_the_right_way(cifar10, tmp_path):

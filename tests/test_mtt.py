@@ -293,21 +293,13 @@ def test_cifar10_mtt_ipc1_beats_random_real_under_the_mtt_protocol(tmp_path) -> 
     MTT with its learned α̃ against random real ipc1 with the fixed α̃₀ = 0.01 (the protocol's lr without a hint).
     """
     import statistics
-    import zipfile
 
-    from conftest import shared_data
+    from conftest import cifar10_root
     from ddbench_methods.random import Random
 
     from ddbench.config import load_toml, resolve
 
-    src = shared_data() / "cifar10"
-    zips = sorted(src.glob("CIFAR-10-images-*.zip")) if src.is_dir() else []
-    if len(zips) < 2:
-        pytest.skip(f"no CIFAR-10 zips under {src}")
-    root = tmp_path / "cifar10"
-    for z in zips:
-        with zipfile.ZipFile(z) as zf:
-            zf.extractall(root)
+    root = cifar10_root(tmp_path)
     ds = load_dataset("cifar10", data_root=root).with_holdout(4000, seed=0)  # 1,000 train images per class
     overrides = {"num_experts": 5, "train_epochs": 5}
     cfg = resolve(MTTConfig, preset=load_toml(MTT.preset_path()), dataset="cifar10", ipc=1, profile="cpu",

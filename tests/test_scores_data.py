@@ -12,11 +12,10 @@ same ResNet-18 ×0.25 artifact), two recovers, ~12 students of 100 epochs: about
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import shared_data
+from conftest import cifar10_root
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
@@ -26,17 +25,9 @@ def test_cifar10_scores_of_sre2l_and_dwa(tmp_path: Path, monkeypatch) -> None:
     from ddbench.scoring import ScoreRequest, score_run
     from ddbench.store import Store
 
-    src = shared_data() / "cifar10"
-    zips = sorted(src.glob("CIFAR-10-images-*.zip")) if src.is_dir() else []
-    if len(zips) < 2:
-        pytest.skip(f"no CIFAR-10 zips under {src}")
     if os.environ.get("DDBENCH_TEST_HOME"):
         monkeypatch.setenv("DDBENCH_HOME", os.environ["DDBENCH_TEST_HOME"])
-    root = Path(os.environ.get("DDBENCH_TEST_HOME") or tmp_path) / "cifar10-data"
-    if not root.is_dir():
-        for z in zips:
-            with zipfile.ZipFile(z) as zf:
-                zf.extractall(root)
+    root = cifar10_root(Path(os.environ.get("DDBENCH_TEST_HOME") or tmp_path))
     store = Store()
     report = {}
     for method, recipe in (("sre2l", "sre2l-cifar"), ("dwa", "dwa-cifar")):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shared_data
+from conftest import cifar10_root
 from ddbench_methods.dwa import DWA, DWAConfig, global_norm
 from ddbench_methods.sre2l import SRe2L, SRe2LConfig
 from torch import nn
@@ -497,20 +497,12 @@ def test_cifar10_dwa_vs_sre2l_cpu_preset(tmp_path) -> None:
     Cost on 2 cores: the cpu teacher (ResNet-18 ×0.25, 15 epochs on 50k images) ~26 min, then per method ~1 min
     of recover and ~11 min of evaluation (full-width ResNet-18 students, 2 seeds); about 50 min in all.
     """
-    import zipfile
 
     from ddbench.evaluate import evaluate
     from ddbench.protocol import load_protocol
     from ddbench.teachers import get_teacher
 
-    src = shared_data() / "cifar10"
-    zips = sorted(src.glob("CIFAR-10-images-*.zip")) if src.is_dir() else []
-    if len(zips) < 2:
-        pytest.skip(f"no CIFAR-10 zips under {src}")
-    root = tmp_path / "cifar10"
-    for z in zips:
-        with zipfile.ZipFile(z) as zf:
-            zf.extractall(root)
+    root = cifar10_root(tmp_path)
     ds = load_dataset("cifar10", data_root=root)
     t = get_teacher(ds, TeacherSpec(), profile="cpu")
     protocol = load_protocol("dwa-cifar", profile="cpu")
