@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ddbench.method import DistillContext, DistilledSet, Method, TeacherSpec, real_set
-from ddbench.ops.features import train_outputs
+from ddbench.ops.features import pick_per_class
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,6 @@ class Herding(Method):
     @torch.no_grad()
     def distill(self, ctx: DistillContext) -> DistilledSet:
         model = ctx.teachers[0].model.to(ctx.device).eval()
-        chosen = {}
-        for c in range(ctx.dataset.num_classes):
-            idx = ctx.dataset.class_indices(c)
-            feats = train_outputs(model, ctx.dataset, idx, device=ctx.device, batch_size=self.config.batch_size)
-            chosen[c] = idx[herd(feats, ctx.ipc).to(idx.device)]
-            ctx.progress("herding", c + 1, ctx.dataset.num_classes)
+        chosen = pick_per_class(ctx, model, lambda feats, c: herd(feats, ctx.ipc),
+                                batch_size=self.config.batch_size, stage="herding")  # fmt: skip
         return real_set(ctx.dataset, chosen)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ddbench.method import DistillContext, DistilledSet, Method, TeacherSpec, real_set
-from ddbench.ops.features import train_outputs
+from ddbench.ops.features import pick_per_class
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,10 @@ class KCenter(Method):
 
     def distill(self, ctx: DistillContext) -> DistilledSet:
         model = ctx.teachers[0].model.to(ctx.device)
-        chosen = {}
-        for c in range(ctx.dataset.num_classes):
-            idx = ctx.dataset.class_indices(c)
-            feats = train_outputs(model, ctx.dataset, idx, device=ctx.device, batch_size=self.config.batch_size)
-            first = int(torch.randint(idx.numel(), (1,), generator=ctx.generator("kcenter", c)))
-            chosen[c] = idx[k_center_greedy(feats, ctx.ipc, first).to(idx.device)]
-            ctx.progress("k-center", c + 1, ctx.dataset.num_classes)
+
+        def pick(feats: torch.Tensor, c: int) -> torch.Tensor:
+            first = int(torch.randint(feats.shape[0], (1,), generator=ctx.generator("kcenter", c)))
+            return k_center_greedy(feats, ctx.ipc, first)
+
+        chosen = pick_per_class(ctx, model, pick, batch_size=self.config.batch_size, stage="k-center")
         return real_set(ctx.dataset, chosen)

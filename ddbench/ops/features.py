@@ -6,7 +6,8 @@ in batches, so a selection sees each image as the teacher classifies it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,3 +37,27 @@ def train_outputs(
         x = dataset.normalize(dataset.train.load(indices[start : start + batch_size]).to(device))
         out.append((model(x) if logits else model.forward_head(model.forward_features(x), pre_logits=True)).float())
     return torch.cat(out) if out else torch.empty(0, device=device)
+
+
+def pick_per_class(
+    ctx: Any,
+    model: nn.Module,
+    pick: Callable[[torch.Tensor, int], torch.Tensor],
+    *,
+    batch_size: int,
+    stage: str,
+) -> dict[int, torch.Tensor]:
+    """Feature-space selection class by class, the loop every coreset baseline shares.
+
+    For each class ``c`` of ``ctx.dataset`` the model's outputs on that class's train images are computed once and
+    ``pick(features, c)`` returns positions into them; the result maps ``c`` to dataset indices, ready for
+    :func:`ddbench.method.real_set`. Progress is reported per class under ``stage``.
+    """
+    chosen: dict[int, torch.Tensor] = {}
+    num_classes = ctx.dataset.num_classes
+    for c in range(num_classes):
+        idx = ctx.dataset.class_indices(c)
+        feats = train_outputs(model, ctx.dataset, idx, device=ctx.device, batch_size=batch_size)
+        chosen[c] = idx[pick(feats, c).to(idx.device)]
+        ctx.progress(stage, c + 1, num_classes)
+    return chosen
