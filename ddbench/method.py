@@ -284,6 +284,14 @@ class Method(abc.ABC):
         """The students of the ``cpu`` profile (None: the suite's cpu default)."""
         return None
 
+    def check_ipc(self, ipc: int) -> None:
+        """Refuse an ``ipc`` this configuration cannot serve, before any teacher or generator is trained.
+
+        :func:`ddbench.pipeline.prepare` calls it with the other checks, so a bad ``--ipc`` costs nothing; the
+        default accepts every ipc. Raise :class:`~ddbench.errors.UserError` with the fix in the message.
+        """
+        del ipc  # every ipc is served by default
+
     def min_real_per_class(self, ipc: int) -> int:
         """Real train images per class :meth:`distill` needs for ``ipc`` (default: ``ipc``, real-image methods)."""
         return ipc

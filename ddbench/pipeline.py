@@ -239,6 +239,7 @@ def prepare(request: RunRequest, progress: ProgressFn = _no_progress) -> RunStat
     if request.holdout_per_class:  # the val split is carved before anything sees the train split
         dataset = dataset.with_holdout(request.holdout_per_class, seed=0)
     method = resolve_method_config(request, dataset)
+    method.check_ipc(request.ipc)
     data_checks = check_run_ipc(
         dataset, request.ipc, method.min_real_per_class(request.ipc), request.allow_short_classes
     )

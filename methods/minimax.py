@@ -171,6 +171,14 @@ class Minimax(Method):
     def cpu_students(self, dataset: str | None) -> Sequence[str] | None:
         return ("convnet",)
 
+    def check_ipc(self, ipc: int) -> None:
+        """One generation of ``max_ipc`` images per class serves every ipc up to it, and none above."""
+        if ipc > self.config.max_ipc:
+            raise UserError(
+                f"--ipc {ipc} exceeds max_ipc {self.config.max_ipc} (images generated per class); "
+                f"add --set max_ipc={ipc}"
+            )
+
     def min_real_per_class(self, ipc: int) -> int:
         return 0  # the generator trains on every train image; no per-ipc real pick
 
@@ -219,8 +227,7 @@ class Minimax(Method):
     def distill(self, ctx: DistillContext) -> DistilledSet:
         require_diffusers()
         c = self.config
-        if ctx.ipc > c.max_ipc:
-            raise UserError(f"--ipc {ctx.ipc} exceeds max_ipc {c.max_ipc} (images generated per class); raise max_ipc")
+        self.check_ipc(ctx.ipc)
         cond = self.condition_ids(ctx)
         gen = self.generator(ctx, cond)
         out, art = G.generation(gen, ctx.dataset, cond, self.recipes()[2], seed=ctx.seed, device=ctx.device,

@@ -104,6 +104,18 @@ def test_ipc_above_max_ipc_is_a_user_error(digits, tmp_path):
         make().distill(ctx_for(digits, tmp_path, ipc=5))
 
 
+def test_ipc_above_max_ipc_is_refused_by_prepare_before_any_stage(monkeypatch):
+    """The check runs with the run's other checks: no teacher, pretraining or generation happens first."""
+    from ddbench.pipeline import RunRequest, prepare
+
+    for stage in ("pixel_base", "latent_base", "finetuned", "generation"):
+        monkeypatch.setattr(G, stage, lambda *a, **k: pytest.fail("a stage ran before the ipc check"))
+    request = RunRequest(method="minimax", dataset="digits", ipc=3, profile="cpu", overrides={"max_ipc": 2})
+    with pytest.raises(UserError, match=r"--ipc 3 exceeds max_ipc 2 .*--set max_ipc=3"):
+        prepare(request)
+    assert prepare(dataclasses.replace(request, ipc=2)).method.config.max_ipc == 2  # the limit itself is served
+
+
 # -- generators as artifacts, and the variants ---------------------------------------------------------------------
 def test_each_stage_is_keyed_by_what_determines_it(digits, tmp_path, monkeypatch):
     calls = count_training(monkeypatch)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
 from pathlib import Path
 
 import ddbench_methods.dwa as dwa_module
@@ -489,20 +490,24 @@ def test_cpu_preset_distils_digits_end_to_end(cls, digits, teacher, tmp_path) ->
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_cifar10_dwa_vs_sre2l_cpu_preset(tmp_path) -> None:
+def test_cifar10_dwa_vs_sre2l_cpu_preset(tmp_path, monkeypatch) -> None:
     """CIFAR-10, ipc 10, cpu presets, one shared harness teacher, DWA's CIFAR protocol (cpu profile): both methods.
 
     The spec's CPU-scale acceptance check (§10.1): DWA's mean top-1 over the protocol's two evaluation seeds is at
     least SRe2L's. The diversity ordering (§10.3) is an [inferred] expectation, so it is reported, not asserted.
     Cost on 2 cores: the cpu teacher (ResNet-18 ×0.25, 15 epochs on 50k images) ~26 min, then per method ~1 min
-    of recover and ~11 min of evaluation (full-width ResNet-18 students, 2 seeds); about 50 min in all.
+    of recover and ~11 min of evaluation (full-width ResNet-18 students, 2 seeds); about 50 min in all. Set
+    ``DDBENCH_TEST_HOME`` to keep the teacher between invocations; it is the same artifact ``test_scores_data.py``
+    uses, so the two data tests train it once.
     """
 
     from ddbench.evaluate import evaluate
     from ddbench.protocol import load_protocol
     from ddbench.teachers import get_teacher
 
-    root = cifar10_root(tmp_path)
+    if os.environ.get("DDBENCH_TEST_HOME"):
+        monkeypatch.setenv("DDBENCH_HOME", os.environ["DDBENCH_TEST_HOME"])
+    root = cifar10_root(Path(os.environ.get("DDBENCH_TEST_HOME") or tmp_path))
     ds = load_dataset("cifar10", data_root=root)
     t = get_teacher(ds, TeacherSpec(), profile="cpu")
     protocol = load_protocol("dwa-cifar", profile="cpu")
