@@ -351,6 +351,10 @@ class EDC(SRe2L):
             for state in run.extra["observers"]:
                 state.momentum.reset()
 
+    def trace_window(self, run: RecoverRun) -> int:
+        """One full round of the synthesis observers: each end of the loss trace averages every observer once."""
+        return len(run.extra["observers"])
+
     def observer_index(self, batch_index: int, t: int, num_observers: int) -> int:
         """Round robin with a counter that runs on across batches (§2.7 step 1)."""
         return (batch_index * self.config.iterations + t) % num_observers

@@ -288,6 +288,16 @@ class SRe2L(Method):
         """Called at iteration 0 after the augmentation, before the forward (DWA: the weight adjustment)."""
         return {}
 
+    def trace_window(self, run: RecoverRun) -> int:
+        """Iterations averaged at each end of a class-batch's loss trace (the loss-rose check compares the two).
+
+        One for a single teacher. A method that changes the loss function between iterations (EDC's round-robin
+        observers) returns its period, so both windows average the same functions and "the loss rose" means the
+        images got worse, not that the last iteration used a harder observer.
+        """
+        del run
+        return 1
+
     def synthesis_param_grads(self) -> bool:
         """Whether teacher parameters require grad during synthesis (only DWA's accumulate mode, D3/D6)."""
         return False
@@ -358,11 +368,13 @@ class SRe2L(Method):
         x0, extras = self.init_images(ctx, run, ipc_index, classes, generator)
         x = x0.to(ctx.device, torch.float32).requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=cfg.lr, betas=(0.5, 0.9), eps=1e-8, weight_decay=0.0)
-        trace = torch.zeros(2, 2)
+        trace = torch.zeros(2, 2)  # rows: mean (CE, BN) over the first / the last `window` iterations
+        window = min(self.trace_window(run), cfg.iterations)
         for t in range(cfg.iterations):
             ce, bn = self.iteration(ctx, run, t, x, y, optimizer, generator, extras)
-            if t in (0, cfg.iterations - 1):
-                trace[0 if t == 0 else 1] = torch.tensor([ce.item(), bn.item()])
+            for row, inside in ((0, t < window), (1, t >= cfg.iterations - window)):
+                if inside:
+                    trace[row] += torch.tensor([ce.item(), bn.item()]) / window
             if cfg.log_every and t % cfg.log_every == 0:
                 ctx.logger.debug("ipc %d cb %d it %d: CE %.4f BN %.4f", ipc_index, batch_index, t, ce.item(), bn.item())
         images = to_artifact(x.detach(), run.mean, run.std, cfg.save_format)
@@ -426,7 +438,7 @@ class SRe2L(Method):
         start_loss, end_loss = losses.sum(2).mean(0).tolist()
         if end_loss > start_loss:
             ctx.logger.warning(
-                "recover loss rose: CE + BN %.4g at the first iteration, %.4g at the last (mean over %d "
+                "recover loss rose: CE + BN %.4g at the first iteration(s), %.4g at the last (mean over %d "
                 "class-batches); the learning rate (%g) is probably too high",
                 start_loss,
                 end_loss,

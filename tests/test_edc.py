@@ -9,6 +9,7 @@ runs in seconds; the harness-trained observers (one recipe, three architectures)
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 
@@ -434,3 +435,25 @@ def test_protocol_augmentations_randaugment_and_patch_shuffle() -> None:
     x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     out, _ = augment_batch(x, randaug, space, torch.Generator().manual_seed(2))
     assert torch.equal(out, rand_augment(x.float() / 255, generator=torch.Generator().manual_seed(2)))
+
+
+def test_loss_trend_compares_whole_observer_rounds(digits, observers, tmp_path, caplog, monkeypatch) -> None:
+    """Round robin gives each observer its own loss level; the loss-rose check must not read that as divergence.
+
+    Scripted losses: observer k always gives CE k + 1 (the images never improve). Iteration 0 uses observer 0 and
+    iteration 3 observer 1, so single first/last iterations read 1 → 2, "rose"; one round per end reads 1.5 → 1.5.
+    """
+
+    def scripted(self, run, a, y):
+        k = run.extra["k"]
+        return a.sum() * 0 + float(k + 1), a.sum() * 0
+
+    monkeypatch.setattr(EDC, "losses", scripted)
+    caplog.set_level(logging.WARNING)
+    out = edc(iterations=4).distill(make_ctx(digits, observers, tmp_path / "round", ipc=1))
+    assert out.meta["recover_ce_first_last"] == pytest.approx([1.5, 1.5])
+    assert "recover loss rose" not in caplog.text
+    monkeypatch.setattr(EDC, "trace_window", lambda self, run: 1)  # the single-iteration trace SRe2L uses
+    out = edc(iterations=4).distill(make_ctx(digits, observers, tmp_path / "single", ipc=1))
+    assert out.meta["recover_ce_first_last"] == pytest.approx([1.0, 2.0])
+    assert "recover loss rose" in caplog.text
