@@ -259,7 +259,10 @@ class Protocol:
 VARIANT_SEP = "~"
 #: Named variants: field values a variant name stands for. ``noaug`` is ARS's "without augmentation": no batch
 #: augmentation and no mixing, the labels (online teacher or stored) unchanged.
-NAMED_VARIANTS: dict[str, dict[str, Any]] = {"noaug": {"aug": (), "mix": "none"}}
+NAMED_VARIANTS: dict[str, dict[str, Any]] = {
+    "noaug": {"aug": (), "mix": "none"},  # ARS's without-augmentation twin (DD-Ranking)
+    "noema": {"ema": None},  # the live weights instead of the EMA student (EDC Table 5's "EMA ×" rows)
+}
 
 
 def split_variant(name_or_path: str | Path) -> tuple[str | Path, str]:
