@@ -7,8 +7,9 @@ Implements spec ``minimax.md`` §2–§4 and §9 on the building blocks of :mod:
   sample (§8.2.14). ``space = "latent"`` is the faithful path: DiT-XL/2 and the Stable Diffusion VAEs read from
   ``base_checkpoint`` / ``vae_encoder`` / ``vae_decoder`` (diffusers folders or the local Hugging Face cache; nothing
   is downloaded), conditioned on ImageNet-1K indices. ``space = "pixel"`` (the default, spec §9) pretrains its own
-  small DiT on all classes of the dataset, in [−1, 1] pixels, so it runs offline on a CPU. Both generators, the
-  fine-tuned model and the generation are cached artifacts (:mod:`ddbench.ops.diffusion.generators`).
+  small DiT on all classes of the dataset (or of a superset named by ``base_dataset``, §9.2), in [−1, 1] pixels,
+  so it runs offline on a CPU. Both generators, the fine-tuned model and the generation are cached artifacts
+  (:mod:`ddbench.ops.diffusion.generators`).
 * **Minimax fine-tuning** (§3): L_diff (MSE + VB) + λ_r·L_r + λ_d·L_d with per-class FIFO memories of real z₀ and
   predicted ẑ₀ (capacity 64, detached), cosine on flattened vectors, the hard min / max, K counting classes with
   empty memories; DiffFit parameters (biases, class table, γ on the first half of the blocks) or full fine-tuning;
@@ -46,6 +47,7 @@ from typing import ClassVar, Literal
 
 import torch
 
+from ddbench.data import Dataset, load_dataset
 from ddbench.errors import UserError
 from ddbench.method import DistillContext, DistilledSet, Method
 from ddbench.ops.diffusion import generators as G
@@ -71,6 +73,11 @@ class MinimaxConfig:
     Attributes:
         space: ``pixel`` (own DiT in [−1, 1] pixels, §9) or ``latent`` (DiT-XL/2 + SD VAE, §1).
         label_space: conditions of the base model: ``own`` class indices or ``imagenet-1k`` indices of the wnids.
+        base_dataset: pixel path: pretrain the base on all classes of this registered dataset, a superset of the
+            target's classes (spec §9.2 bench column), instead of the target itself; each target class is
+            conditioned on the base dataset's index of the same class name. ``""`` = the target dataset.
+        base_data_root: where ``base_dataset`` lives (``""``: the target's own root when it is the same dataset,
+            else the usual search: ``$DDBENCH_DATA`` and the home data folder).
         image_size: pixel path: side the DiT runs at (0: the dataset's).
         dit_size, patch: pixel-path DiT (:data:`ddbench.ops.diffusion.models.DIT_SIZES`; patch 0: the size's).
         pretrain_steps, pretrain_batch, pretrain_lr, pretrain_ema, base_seed: pixel-path base pretraining
@@ -88,6 +95,8 @@ class MinimaxConfig:
 
     space: Literal["pixel", "latent"] = "pixel"
     label_space: Literal["own", "imagenet-1k"] = "own"
+    base_dataset: str = ""
+    base_data_root: str = ""
     image_size: int = 0
     dit_size: str = "smoke"
     patch: int = 0
@@ -127,7 +136,9 @@ class MinimaxConfig:
             (0 <= self.label_drop < 1, "label_drop must be in [0, 1)"),
             (self.sampling_steps >= 1 and self.cfg_scale >= 1, "sampling_steps >= 1 and cfg_scale >= 1"),
             (self.image_size >= 0 and self.patch >= 0, "image_size and patch must be >= 0"),
-        ]
+            (not self.base_dataset or (self.space, self.label_space) == ("pixel", "own"),
+             "base_dataset is for the pixel path (space=pixel, label_space=own)"),
+        ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -148,6 +159,7 @@ class Minimax(Method):
     #: Variants ``ddbench run`` evaluates beside this method (the paper's DiT column and the ablation's first row).
     baselines: ClassVar[tuple[str, ...]] = ("dit", "minimax-finetune")
     config: MinimaxConfig
+    _base_data: Dataset | None = None  # the loaded superset base_dataset, once per instance
 
     @classmethod
     def preset_path(cls) -> Path | None:
@@ -196,8 +208,35 @@ class Minimax(Method):
             G.SampleRecipe(c.sampler, c.sampling_steps, c.cfg_scale, c.cfg_all_channels, c.max_ipc, c.sample_batch),
         )  # fmt: skip
 
+    def base_dataset(self, ctx: DistillContext) -> Dataset:
+        """The pixel base's pretraining data: the target dataset, or the named superset (loaded once)."""
+        c = self.config
+        if not c.base_dataset:
+            return ctx.dataset
+        if self._base_data is None:
+            same = c.base_dataset == ctx.dataset.id and ctx.dataset.root is not None
+            root = c.base_data_root or (str(ctx.dataset.root) if same else None)
+            base = load_dataset(c.base_dataset, root)
+            if base.channels != ctx.dataset.channels:
+                raise UserError(f"base_dataset {base.id} has {base.channels} channels, {ctx.dataset.id} has "
+                                f"{ctx.dataset.channels}; pick a base dataset of the same kind")  # fmt: skip
+            self._base_data = base
+        return self._base_data
+
     def condition_ids(self, ctx: DistillContext) -> torch.Tensor:
-        """Base-model label of each local class, from the dataset spec's class list (§2, §8.2.1)."""
+        """Base-model label of each local class, from the dataset spec's class list (§2, §8.2.1).
+
+        With a superset ``base_dataset`` the label is the base dataset's index of the same class name, so a class
+        subset (``--num-classes``, another selection of the same classes) is conditioned on what the base learnt.
+        """
+        if self.config.base_dataset:
+            base = self.base_dataset(ctx)
+            index = {name: k for k, name in enumerate(base.classes)}
+            missing = [name for name in ctx.dataset.classes if name not in index]
+            if missing:
+                raise UserError(f"base_dataset {base.id} lacks class(es) {', '.join(missing[:5])} of "
+                                f"{ctx.dataset.id}; a base dataset must hold every target class")  # fmt: skip
+            return torch.tensor([index[name] for name in ctx.dataset.classes])
         try:
             return base_label_ids(ctx.dataset.classes, self.config.label_space)
         except KeyError as exc:
@@ -211,7 +250,7 @@ class Minimax(Method):
         c = self.config
         if c.space == "latent":
             return G.latent_base(c.base_checkpoint, c.vae_encoder, c.vae_decoder, device=ctx.device)
-        return G.pixel_base(ctx.dataset, self.recipes()[0], image_size=c.image_size or ctx.dataset.img_size,
+        return G.pixel_base(self.base_dataset(ctx), self.recipes()[0], image_size=c.image_size or ctx.dataset.img_size,
                             device=ctx.device, cache=ctx.cache, progress=ctx.progress)  # fmt: skip
 
     def generator(self, ctx: DistillContext, cond: torch.Tensor) -> G.Generator:

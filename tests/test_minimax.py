@@ -388,3 +388,24 @@ def test_run_prints_minimax_dit_dit_ft_and_random_rows(capsys):
     out = capsys.readouterr().out
     rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "ipc" not in line]
     assert {"minimax", "dit", "minimax-finetune", "random"} <= set(rows), out
+
+
+def test_superset_base_pretrains_on_all_its_classes_and_conditions_by_class_name(digits, tmp_path, monkeypatch):
+    """``base_dataset``: the base learns every class of the superset; target class "7" is conditioned on id 7."""
+    src = digits.train
+    keep = (src.labels == 7) | (src.labels == 3)
+    labels = torch.where(src.labels[keep] == 7, 0, 1)  # local order ("7", "3"): not the base's order
+    spec = dataclasses.replace(digits.spec, id="digits-73", classes=("7", "3"))
+    target = Dataset(spec, TensorSource(src.images[keep], labels), TensorSource(src.images[keep], labels))
+    pretrained_on: list[Dataset] = []
+    real = G.pixel_base
+    monkeypatch.setattr(G, "pixel_base", lambda ds, *a, **k: pretrained_on.append(ds) or real(ds, *a, **k))
+    out = make(base_dataset="digits").distill(ctx_for(target, tmp_path / "superset", ipc=1))
+    assert out.meta["condition_ids"] == [7, 3]
+    assert [(d.id, d.num_classes) for d in pretrained_on] == [("digits", 10)]
+    assert make().condition_ids(ctx_for(target, tmp_path / "own")).tolist() == [0, 1]  # own: local indices
+    stranger = Dataset(dataclasses.replace(spec, id="digits-7x", classes=("7", "x")), target.train, target.test)
+    with pytest.raises(UserError, match="lacks class"):
+        make(base_dataset="digits").condition_ids(ctx_for(stranger, tmp_path / "x"))
+    with pytest.raises(ValueError, match="pixel path"):
+        MinimaxConfig(base_dataset="digits", space="latent")
