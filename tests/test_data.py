@@ -765,6 +765,26 @@ def test_with_num_classes() -> None:
             ds.with_num_classes(bad)
 
 
+def test_with_class_range_relabels_and_keeps_the_images_of_its_classes() -> None:
+    """A phase's classes 3..5 read as 0..2 with exactly their train and test images (Minimax phases, §7.2)."""
+    ds = load_dataset("digits")
+    part = ds.with_class_range(3, 6)
+    assert part.classes == ("3", "4", "5") and part.num_classes == 3
+    for local, c in enumerate((3, 4, 5)):
+        assert torch.equal(part.train.load(torch.nonzero(part.train.labels == local).flatten()),
+                           ds.train.load(ds.class_indices(c)))  # fmt: skip
+        assert int((part.test.labels == local).sum()) == int((ds.test.labels == c).sum())
+    assert set(part.train.labels.tolist()) == {0, 1, 2} and len(part.test) == int(
+        ((ds.test.labels >= 3) & (ds.test.labels < 6)).sum()
+    )
+    assert part.fingerprint not in (ds.fingerprint, ds.with_num_classes(3).fingerprint)
+    assert ds.with_num_classes(3).derivation == ("num_classes=3",)  # unchanged, so cached runs still match
+    assert ds.with_class_range(0, 10) is ds
+    for lo, hi in ((5, 11), (4, 4), (-1, 3)):
+        with pytest.raises(DatasetError, match="class range"):
+            ds.with_class_range(lo, hi)
+
+
 def test_with_holdout_deterministic_and_disjoint() -> None:
     ds = load_dataset("digits")
     a, b, c = ds.with_holdout(5, seed=0), ds.with_holdout(5, seed=0), ds.with_holdout(5, seed=1)

@@ -409,3 +409,46 @@ def test_superset_base_pretrains_on_all_its_classes_and_conditions_by_class_name
         make(base_dataset="digits").condition_ids(ctx_for(stranger, tmp_path / "x"))
     with pytest.raises(ValueError, match="pixel path"):
         MinimaxConfig(base_dataset="digits", space="latent")
+
+
+# -- §7.2 phases: many classes fine-tuned and sampled a few at a time, each phase from the base ---------------------
+def test_phases_fine_tune_each_class_range_from_the_base_and_assemble_class_major(digits, tmp_path, monkeypatch):
+    tuned: list[tuple[object, tuple[str, ...], list[int], list[int]]] = []
+    sampled: list[dict[str, torch.Tensor]] = []
+    real_ft, real_gen = G.finetuned, G.generation
+
+    def finetuned(base, dataset, cond, *a, **k):
+        tuned.append((base, dataset.classes, cond.tolist(), sorted(set(dataset.train.labels.tolist()))))
+        return real_ft(base, dataset, cond, *a, **k)
+
+    def generation(*a, **k):
+        out, art = real_gen(*a, **k)
+        sampled.append(dict(out))
+        return out, art
+
+    monkeypatch.setattr(G, "finetuned", finetuned)
+    monkeypatch.setattr(G, "generation", generation)
+    out = make(phase_classes=4).distill(ctx_for(digits, tmp_path, ipc=2))
+    assert out.meta["phases"] == [[0, 4], [4, 8], [8, 10]]
+    assert [t[1] for t in tuned] == [("0", "1", "2", "3"), ("4", "5", "6", "7"), ("8", "9")]
+    assert [t[2] for t in tuned] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # each phase's own conditions
+    assert [t[3] for t in tuned] == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1]]  # relabelled to the phase's classes
+    assert all(t[0] is tuned[0][0] for t in tuned)  # every phase starts from the one base model
+    assert len(set(out.meta["generator"])) == 3 and len(set(out.meta["generation"])) == 3
+    assert out.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    for c in range(10):  # class c is the (c - lo)-th local class of its phase's generation, at the recorded picks
+        phase, lo = (0, 0) if c < 4 else (1, 4) if c < 8 else (2, 8)
+        picks = [(c - lo) * 4 + j for j in out.meta["ipc_indices"][str(c)]]
+        assert torch.equal(out.images[out.labels == c], sampled[phase]["images"][picks])
+    assert not torch.equal(sampled[0]["images"][:4], sampled[1]["images"][:4])  # phases draw their own noise
+
+
+def test_one_phase_is_the_unphased_run_bit_for_bit_and_dit_is_never_phased(digits, tmp_path):
+    plain = make().distill(ctx_for(digits, tmp_path))
+    whole = make(phase_classes=10).distill(ctx_for(digits, tmp_path))
+    assert whole.meta["generation"] == plain.meta["generation"] and "phases" not in whole.meta
+    assert torch.equal(whole.images, plain.images)
+    assert make(DiT, phase_classes=4).phases(10) == [(0, 10)]
+    assert make(phase_classes=3).phases(7) == [(0, 3), (3, 6), (6, 7)]
+    with pytest.raises(ValueError, match="phase_classes"):
+        MinimaxConfig(phase_classes=-1)

@@ -179,13 +179,24 @@ class Dataset:
             return self
         if not 1 <= n <= self.num_classes:
             raise DatasetError(f"--num-classes must be in 1..{self.num_classes} for {self.id}, got {n}")
-        spec = replace(self.spec, classes=self.classes[:n])
+        return self._class_range(0, n, f"num_classes={n}")
+
+    def with_class_range(self, lo: int, hi: int) -> Dataset:
+        """Canonical classes ``lo..hi-1`` only, relabelled ``0..hi-lo-1`` (a phase of a many-class method run)."""
+        if not 0 <= lo < hi <= self.num_classes:
+            raise DatasetError(f"{self.id}: class range {lo}:{hi} is not inside 0:{self.num_classes}")
+        if (lo, hi) == (0, self.num_classes):
+            return self
+        return self._class_range(lo, hi, f"classes={lo}:{hi}")
+
+    def _class_range(self, lo: int, hi: int, derivation_step: str) -> Dataset:
+        spec = replace(self.spec, classes=self.classes[lo:hi])
 
         def keep(src: ImageSource) -> ImageSource:
-            return SubsetSource(src, torch.nonzero(src.labels < n).flatten())
+            return SubsetSource(src, torch.nonzero((src.labels >= lo) & (src.labels < hi)).flatten(), lo)
 
         val = keep(self.val) if self.val is not None else None
-        derivation = (*self.derivation, f"num_classes={n}")
+        derivation = (*self.derivation, derivation_step)
         return Dataset(spec, keep(self.train), keep(self.test), self.root, val, self.files_fingerprint, derivation)
 
     def with_holdout(self, per_class: int, seed: int = 0) -> Dataset:

@@ -58,12 +58,16 @@ class TensorSource(ImageSource):
 
 
 class SubsetSource(ImageSource):
-    """A view of another source restricted to some indices (class subsets, validation splits)."""
+    """A view of another source restricted to some indices (class subsets, validation splits).
 
-    def __init__(self, base: ImageSource, indices: torch.Tensor) -> None:
+    ``label_offset`` is subtracted from the base labels, so a contiguous class range ``[lo, hi)`` reads as
+    classes ``0..hi-lo-1``.
+    """
+
+    def __init__(self, base: ImageSource, indices: torch.Tensor, label_offset: int = 0) -> None:
         self.base = base
         self.indices = indices
-        self.labels = base.labels[indices]
+        self.labels = base.labels[indices] - label_offset
         self.channels = base.channels
         self.img_size = base.img_size
 
