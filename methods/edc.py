@@ -24,7 +24,9 @@ and EDC's matching loss (:mod:`ddbench.ops.edc_matching`). What EDC changes:
    flip per iteration, shared by the batch; no jitter.
 7. **Init** (§1 S2, §8): ``real`` (slot (c, j) = entry j of a seeded permutation of class c's train images, i.e.
    without replacement, resized and randomly flipped), ``rded`` (RDED mosaics of §8.1 scored by the mean logits of
-   the synthesis observers, slot (c, j) ↔ RDED image (c, j)) or ``noise`` (N(0, 1), CONFIG A).
+   the synthesis observers, slot (c, j) ↔ RDED image (c, j)) or ``noise`` (N(0, 1), CONFIG A). With
+   ``init = "rded"``, ``rded_generator = "edc-code"`` swaps in [C]'s own RDED-like generator (§8.2: every class
+   image pre-scored, chunk-shared crops, no one-patch-per-image rule, consecutive tiling), still one slot per image.
 8. **Save** (§2.7 step 5, §9.2 item 13): uint8 **rounded** (``save_format="uint8_round"``), lossless.
 9. **Soft labels** (§1 S4): online mean **logits** of ``label_observers`` (``SoftLabelSpec(mode="ensemble")``).
 
@@ -62,7 +64,7 @@ from ddbench.ops.augment import random_flip, random_resized_crop
 from ddbench.ops.bn_stats import StatsRecorder
 from ddbench.ops.edc_matching import CATEGORY_MODES, MomentumStats, statistics_loss
 from ddbench.ops.flatness import FlatnessEMA, same_views
-from ddbench.ops.rded import rded_images
+from ddbench.ops.rded import edc_code_images, rded_images
 from ddbench.ops.recover import clip_to_valid_
 
 logger = logging.getLogger(__name__)
@@ -133,6 +135,9 @@ class EDCConfig:
             list is cut into consecutive batches of this size, so a class may span two batches).
         init: ``real``, ``rded`` or ``noise``.
         rded_factor, rded_mipc, rded_num_crop: RDED init (§8.1): mosaic factor, candidates per class, views each.
+        rded_generator: ``rded`` (DEFAULT, §8.1) or ``edc-code``, [C]'s own generator (§8.2): every class image
+            scored, the ``rded_mipc`` best kept, 4 chunk-shared crop draws, no one-patch-per-image rule,
+            consecutive tiling (:func:`ddbench.ops.rded.edc_code_images`; ``rded_num_crop`` is not used).
         crop_scale: RandomResizedCrop area range of the synthesis augmentation ((0.5, 1) weak; (0.08, 1) CIFAR-10).
         r_loss: weight of the statistics term.
         first_multiplier: weight of the first hooked layer (the first conv: image-level statistics).
@@ -164,6 +169,7 @@ class EDCConfig:
     rded_factor: int = 1
     rded_mipc: int = 300
     rded_num_crop: int = 5
+    rded_generator: Literal["rded", "edc-code"] = "rded"
     crop_scale: tuple[float, float] = (0.5, 1.0)
     r_loss: float = 0.01
     first_multiplier: float = 10.0
@@ -389,11 +395,22 @@ class EDC(SRe2L):
         cache = run.extra["rded"]
         if c not in cache:
             cfg = self.config
-            pool = ctx.real_permutation(c, "edc-rded")[: cfg.rded_mipc]
-            images = ctx.dataset.normalize(ctx.dataset.train.load(pool)).to(ctx.device)
             models = [s.model for s in run.extra["observers"]]
-            cache[c] = rded_images(images, c, lambda x: ensemble_logits(models, x), ipc=ctx.ipc, factor=cfg.rded_factor,
-                                   generator=ctx.generator("edc-rded", c), num_crop=cfg.rded_num_crop)  # fmt: skip
+
+            def score(x: torch.Tensor) -> torch.Tensor:
+                return ensemble_logits(models, x)
+
+            # §8.1 draws rded_mipc candidates; [C]'s §8.2 generator pre-selects among every image of the class
+            code = cfg.rded_generator == "edc-code"
+            pool = ctx.dataset.class_indices(c) if code else ctx.real_permutation(c, "edc-rded")[: cfg.rded_mipc]
+            images = ctx.dataset.normalize(ctx.dataset.train.load(pool)).to(ctx.device)
+            generator = ctx.generator("edc-rded", c)
+            if code:
+                cache[c] = edc_code_images(images, c, score, ipc=ctx.ipc, factor=cfg.rded_factor, generator=generator,
+                                           keep=cfg.rded_mipc)  # fmt: skip
+            else:
+                cache[c] = rded_images(images, c, score, ipc=ctx.ipc, factor=cfg.rded_factor, generator=generator,
+                                       num_crop=cfg.rded_num_crop)  # fmt: skip
         return cache[c]
 
     # -- the loop ---------------------------------------------------------------------------------------------------

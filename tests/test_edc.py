@@ -31,7 +31,7 @@ from ddbench.models import has_batchnorm
 from ddbench.ops.bn_stats import StatsRecorder, bn_matching_loss
 from ddbench.ops.edc_matching import statistics_loss
 from ddbench.ops.moments import patch_moments
-from ddbench.ops.rded import rded_images
+from ddbench.ops.rded import edc_code_images, rded_images
 from ddbench.ops.recover import quantize, to_artifact
 from ddbench.protocol import load_protocol
 from ddbench.teachers import Teacher, get_teacher
@@ -352,6 +352,26 @@ def test_edc_rded_init_maps_slots_one_to_one(digits, observers, tmp_path) -> Non
                           generator=ctx.generator("edc-rded", c), num_crop=2)  # fmt: skip
         assert torch.allclose(rows, ref)
     m.release(run)
+
+
+def test_edc_code_generator_init_is_the_shared_edc_code_images_over_every_class_image(digits, observers, tmp_path):
+    """``rded_generator = "edc-code"`` (§8.2): slot (c, j) is image j of edc_code_images on all of class c."""
+    m = edc(init="rded", rded_generator="edc-code", rded_factor=2, rded_mipc=40, iterations=1, flatness=False)
+    ctx = make_ctx(digits, observers, tmp_path, ipc=2)
+    run = prepared(m, ctx)
+    x, _ = m.init_images(ctx, run, 0, [0, 0, 1, 1], ctx.generator("recover", 0, 0))
+    models = [t.model for t in observers]
+    for c, rows in ((0, x[:2]), (1, x[2:])):
+        every = digits.normalize(digits.train.load(digits.class_indices(c)))
+        ref = edc_code_images(every, c, lambda z: torch.stack([mm(z) for mm in models]).mean(0), ipc=2, factor=2,
+                              generator=ctx.generator("edc-rded", c), keep=40)  # fmt: skip
+        assert torch.allclose(rows, ref)
+    default = edc(init="rded", rded_factor=2, rded_mipc=40, rded_num_crop=2, iterations=1, flatness=False)
+    run_default = prepared(default, make_ctx(digits, observers, tmp_path / "default", ipc=2))
+    other, _ = default.init_images(ctx, run_default, 0, [0, 0, 1, 1], ctx.generator("recover", 0, 0))
+    assert not torch.allclose(other, x)  # the §8.1 DEFAULT is another algorithm
+    m.release(run)
+    default.release(run_default)
 
 
 # -- presets, ladder, observers through the teacher cache ---------------------------------------------------------

@@ -23,7 +23,16 @@ from ddbench.ops.edc_matching import MomentumStats, layer_loss, statistics_loss
 from ddbench.ops.edc_targets import ObserverTargets, real_targets
 from ddbench.ops.flatness import FlatnessEMA, flatness_kl, same_views
 from ddbench.ops.moments import patch_grid, patch_moments, to_patches
-from ddbench.ops.rded import cell_sizes, pad_to, rded_images, select_patches, tile_mosaics
+from ddbench.ops.rded import (
+    cell_sizes,
+    chunk_views,
+    edc_code_images,
+    pad_to,
+    rded_images,
+    select_patches,
+    tile_consecutive,
+    tile_mosaics,
+)
 from ddbench.protocol import Protocol
 from ddbench.schedules import smoothing, smoothing_linear, ssrs
 
@@ -426,6 +435,55 @@ def test_rded_tiling_order():
     assert cell_sizes(9, 2) == [5, 4] and cell_sizes(224, 2) == [112, 112]
     odd = tile_mosaics(patches, ipc, factor, 9)  # the first row/column of cells is one pixel larger
     assert float(odd[0, 0, 4, 4]) == 0 and float(odd[0, 0, 5, 5]) == 3 * ipc
+
+
+def test_edc_code_tiling_is_consecutive_not_interleaved():
+    """§8.2 item 4: image i holds ranks 4i … 4i+3 (RDED's interleaving would give i, IPC + i, …)."""
+    ipc, factor, side = 3, 2, 4
+    patches = torch.arange(ipc * factor**2, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 1, side, side)
+    mosaics = tile_consecutive(patches, ipc, factor, 2 * side)
+    for i in range(ipc):
+        cells = [
+            mosaics[i, 0, r * side : (r + 1) * side, c * side : (c + 1) * side] for r in range(2) for c in range(2)
+        ]
+        assert [float(cell.unique()) for cell in cells] == [4 * i, 4 * i + 1, 4 * i + 2, 4 * i + 3]
+    with pytest.raises(ValueError, match="ipc·factor²"):
+        tile_consecutive(patches[:-1], ipc, factor, 2 * side)
+
+
+def test_edc_code_views_share_one_box_and_flip_per_chunk_and_use_whole_chunks_only():
+    """§8.2 item 3: every image of a chunk gets the same crop box and flip in a draw; a partial last chunk is unused."""
+    ramp = torch.arange(16, dtype=torch.float32).view(1, 1, 1, 16).expand(1, 1, 16, 16)
+    ramp = ramp + torch.arange(16, dtype=torch.float32).view(1, 1, 16, 1) * 16  # distinct value per pixel
+    images = torch.cat([ramp + 1000 * k for k in range(10)])  # image k = the ramp shifted by 1000·k
+    views, sources = chunk_views(images, 4, 3, generator=torch.Generator().manual_seed(0))
+    assert views.shape == (2 * 3 * 4, 1, 16, 16)  # 10 // 4 = 2 whole chunks × 3 draws × 4 images; images 8, 9 unused
+    assert sources.tolist() == [0, 1, 2, 3] * 3 + [4, 5, 6, 7] * 3
+    draws = views.view(6, 4, 1, 16, 16) - 1000 * sources.view(6, 4, 1, 1, 1).float()
+    for d in range(6):  # with the offset removed, the four views of a draw are the same crop of the same ramp
+        torch.testing.assert_close(draws[d], draws[d, :1].expand_as(draws[d]), rtol=0, atol=1e-3)
+    assert len({tuple(draws[d, 0].flatten()[:8].round().tolist()) for d in range(6)}) > 1  # draws differ
+    few, src = chunk_views(images[:3], 4, 2, generator=torch.Generator().manual_seed(0))
+    assert few.shape[0] == 6 and src.tolist() == [0, 1, 2, 0, 1, 2]  # fewer than a chunk: one chunk of all
+
+
+def test_edc_code_images_preselect_the_most_confident_and_allow_several_patches_per_image():
+    """§8.2 items 1–2, 4: with constant images and CE falling with brightness, the pre-selection keeps the brightest
+    ``keep`` images, and the best patches may all come from one image (no one-patch-per-image rule)."""
+    brightness = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.7, 0.2])
+    images = brightness.view(-1, 1, 1, 1).expand(-1, 3, 8, 8).contiguous()
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([10 * x.mean(dim=(1, 2, 3)), torch.zeros(x.shape[0])], dim=1)
+
+    out = edc_code_images(images, 0, score, ipc=1, factor=2, generator=torch.Generator().manual_seed(0), keep=3,
+                          chunk=64, num_crop=4)  # fmt: skip
+    torch.testing.assert_close(out, torch.full((1, 3, 8, 8), 0.9))  # four views of the brightest image, one mosaic
+    out = edc_code_images(images, 0, score, ipc=3, factor=1, generator=torch.Generator().manual_seed(0), keep=2,
+                          chunk=64, num_crop=2)  # fmt: skip
+    assert out.mean(dim=(1, 2, 3)).tolist() == pytest.approx([0.9, 0.9, 0.7])  # two patches of one image, then 0.7
+    with pytest.raises(ValueError, match="views were drawn"):
+        edc_code_images(images, 0, score, ipc=3, factor=2, generator=torch.Generator(), keep=2, chunk=64, num_crop=2)
 
 
 def test_select_patches_keeps_one_patch_per_source_image():

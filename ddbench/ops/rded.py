@@ -19,8 +19,16 @@ synthesis observers (:func:`ddbench.labels.ensemble_logits`). Drawing the ``mipc
 caller's (a seeded draw from the class's real images); all randomness here comes from an explicit CPU generator.
 
 Deviations: none in the algorithm. [R] scores all ``mipc × num_crop`` views in one no-grad pass per class;
-here they are scored in chunks of ``batch_size`` (same numbers). EDC's own generator (§8.2: pre-selection of whole
-images, no one-patch-per-image rule, consecutive tiling) is not implemented; the spec's DEFAULT is this one.
+here they are scored in chunks of ``batch_size`` (same numbers).
+
+:func:`edc_code_images` is EDC's own RDED-like generator (§8.2, [C] ``data_synthesis_without_optim.py``), kept
+behind EDC's ``rded_generator = "edc-code"`` switch because the spec's DEFAULT is the algorithm above: every image
+of the class scored whole and the ``keep`` (300) lowest-CE kept; those processed in chunks of 64 (only whole
+chunks, so 256 of 300, as [C]; at least one chunk when fewer are kept); per chunk ``num_crop`` (4) full-size
+RandomResizedCrop draws (default scale and aspect ratio) with one box and one flip shared by the whole chunk;
+every view scored (no one-patch-per-image rule); the ``ipc·factor²`` lowest-CE views resized (antialiased) to a cell
+and tiled **consecutively** (image i holds ranks i·f² … i·f²+f²−1). Deviation: [C] pre-scores images squashed to
+224×224; here they are the dataset's stored images (short-side resize + centre crop).
 """
 
 from __future__ import annotations
@@ -175,4 +183,82 @@ def rded_images(
     return tile_mosaics(patches, ipc, factor, size)
 
 
-__all__ = ["cell_sizes", "pad_to", "random_views", "rded_images", "select_patches", "tile_mosaics", "view_scores"]
+def tile_consecutive(patches: torch.Tensor, ipc: int, factor: int, size: int) -> torch.Tensor:
+    """``ipc`` mosaics from ``ipc·factor²`` ranked patches; cell k of image i holds patch i·factor² + k ([C] §8.2)."""
+    n = ipc * factor * factor
+    if patches.shape[0] != n:
+        raise ValueError(f"need ipc·factor² = {n} patches, got {patches.shape[0]}")
+    order = torch.arange(n, device=patches.device).view(ipc, factor * factor).t().reshape(-1)
+    return tile_mosaics(patches[order], ipc, factor, size)  # tile_mosaics puts patch k·ipc + i in cell k of image i
+
+
+def chunk_views(
+    images: torch.Tensor, chunk: int, num_crop: int, *, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[C]'s batched views: per whole chunk of ``chunk`` images, ``num_crop`` full-size RandomResizedCrop draws, each
+    one box and one flip for the whole chunk. Returns ``(views [M, C, S, S], source index [M])``."""
+    n, size = images.shape[0], images.shape[-1]
+    chunks = max(1, n // chunk)  # [C] iterates whole chunks only (256 of 300); one chunk when fewer remain
+    views, sources = [], []
+    for i in range(chunks):
+        lo, hi = i * chunk, min((i + 1) * chunk, n)
+        for _ in range(num_crop):
+            box = [int(v) for v in rrc_boxes(1, size, size, generator=generator)[0]]
+            flip = bool(torch.rand((), generator=generator) < 0.5)
+            view = TF.resized_crop(images[lo:hi], *box, [size, size], antialias=True)
+            views.append(view.flip(-1) if flip else view)
+            sources.append(torch.arange(lo, hi))
+    return torch.cat(views), torch.cat(sources)
+
+
+def edc_code_images(
+    images: torch.Tensor,
+    label: int,
+    score_fn: ScoreFn,
+    *,
+    ipc: int,
+    factor: int,
+    generator: torch.Generator,
+    keep: int = 300,
+    chunk: int = 64,
+    num_crop: int = 4,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """EDC's own generator (§8.2; see the module docstring): ``[ipc, C, S, S]`` from all of a class's images.
+
+    Args:
+        images: every real image of the class, normalised, square, on the scorer's device.
+        label, score_fn, ipc, factor, generator, batch_size: as :func:`rded_images`.
+        keep: whole images kept by the pre-selection (300).
+        chunk: images per batched crop draw (64).
+        num_crop: crop draws per chunk (4).
+    """
+    size = images.shape[-1]
+    whole = view_scores(score_fn, images[:, None], label, size, batch_size)[:, 0]
+    kept = images[torch.argsort(whole, stable=True)[:keep].to(images.device)]
+    views, _ = chunk_views(kept, chunk, num_crop, generator=generator)
+    n = ipc * factor * factor
+    if views.shape[0] < n:
+        raise ValueError(f"{n} patches wanted but only {views.shape[0]} views were drawn; lower ipc or raise keep")
+    ce = view_scores(score_fn, views[:, None], label, size, batch_size)[:, 0]
+    best = views[torch.argsort(ce, stable=True)[:n].to(views.device)]
+    cell = cell_sizes(size, factor)[0]
+    if cell != size:
+        best = TF.resize(best, [cell, cell], antialias=True)
+    logger.debug("edc-code rded class %d: %d images, kept %d, %d views, CE %.3f..%.3f", label, images.shape[0],
+                 kept.shape[0], views.shape[0], float(ce.min()), float(ce.max()))  # fmt: skip
+    return tile_consecutive(best, ipc, factor, size)
+
+
+__all__ = [
+    "cell_sizes",
+    "chunk_views",
+    "edc_code_images",
+    "pad_to",
+    "random_views",
+    "rded_images",
+    "select_patches",
+    "tile_consecutive",
+    "tile_mosaics",
+    "view_scores",
+]
