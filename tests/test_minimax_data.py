@@ -80,7 +80,8 @@ def cifar10(tmp_path_factory):
 
 
 def test_minimax_terms_move_diversity_and_representativeness_the_right_way(cifar10, tmp_path):
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # every core, unless OMP_NUM_THREADS says otherwise (one thread per job when jobs share the cores)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, os.cpu_count() or 1))
     cache = ArtifactCache(tmp_path)
     scale = SCALES[SCALE]
 
