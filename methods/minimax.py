@@ -295,10 +295,10 @@ class Minimax(Method):
         self.check_ipc(ctx.ipc)
         cond = self.condition_ids(ctx)
         ranges = self.phases(ctx.dataset.num_classes)
+        phased = len(ranges) > 1
         base = self.base(ctx)
         images, labels, generations, generators = [], [], [], []
         for lo, hi in ranges:
-            phased = len(ranges) > 1
             seed = derive_seed(ctx.seed, "minimax-phase", lo) if phased else ctx.seed
             sub = dataclasses.replace(ctx, dataset=ctx.dataset.with_class_range(lo, hi), seed=seed)
             if phased:
@@ -313,13 +313,13 @@ class Minimax(Method):
         perms = ipc_permutations(ctx.dataset.num_classes, c.max_ipc, ctx.seed)
         idx = ipc_subset(perms, ctx.ipc)
         meta = {
-            "generation": generations[0] if len(ranges) == 1 else generations,
-            "generator": generators[0] if len(ranges) == 1 else generators,
+            "generation": generations if phased else generations[0],
+            "generator": generators if phased else generators[0],
             "stage": self.stage,
             "condition_ids": cond.tolist(),
             "ipc_indices": {str(k): perms[k, : ctx.ipc].tolist() for k in range(perms.shape[0])},
         }
-        if len(ranges) > 1:
+        if phased:
             meta["phases"] = [list(r) for r in ranges]
         return DistilledSet(torch.cat(images)[idx], torch.cat(labels)[idx], "uint8", meta=meta)
 
