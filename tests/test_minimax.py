@@ -10,6 +10,7 @@ runs in seconds.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import sys
@@ -452,3 +453,32 @@ def test_one_phase_is_the_unphased_run_bit_for_bit_and_dit_is_never_phased(digit
     assert make(phase_classes=3).phases(7) == [(0, 3), (3, 6), (6, 7)]
     with pytest.raises(ValueError, match="phase_classes"):
         MinimaxConfig(phase_classes=-1)
+
+
+def test_trace_records_every_step_and_a_traced_zero_lambda_fine_tune_changes_nothing(digits):
+    from ddbench.ops.diffusion.minimax import MinimaxMemory
+    from ddbench.ops.diffusion.models import DIT_SIZES, build_dit
+
+    size = dataclasses.replace(DIT_SIZES["smoke"], patch=2)
+    torch.manual_seed(0)
+    base = build_dit(digits.num_classes, digits.img_size, digits.channels, size)
+
+    def train(memory, trace):
+        model = copy.deepcopy(base)
+        ema, last = G.train_diffusion(
+            model, digits, G.DiffusionSpace(digits.img_size), torch.arange(10), num_classes=10, steps=4, batch=20,
+            params=list(model.parameters()), lr=1e-3, ema_decay=0.0, generator=torch.Generator().manual_seed(3),
+            device=torch.device("cpu"), flip=False, memory=memory, trace=trace,
+        )  # fmt: skip
+        return ema, last
+
+    trace: list[dict[str, float]] = []
+    traced, last = train(MinimaxMemory(), trace)
+    plain, _ = train(None, None)
+    assert len(trace) == 4 and trace[-1] == last and set(last) == set(G.LOGGED_LOSSES)
+    # step 1 sees empty memories (terms 0); later steps compare against earlier predictions (a cosine in (-1, 1])
+    assert trace[0]["diversity"] == 0.0 and trace[0]["representativeness"] == 0.0
+    assert all(-1.0 < t["diversity"] <= 1.0 and 0.0 <= t["representativeness"] <= 2.0 for t in trace[1:])
+    assert all(t["diversity"] != 0.0 for t in trace[1:])
+    # λ = 0 (the default) with memories and a trace: the weights are the untraced plain run's, bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(traced.parameters(), plain.parameters(), strict=True))

@@ -188,6 +188,10 @@ def _batches(n: int, batch: int, generator: torch.Generator):
             yield perm[i : i + batch]
 
 
+#: The losses :func:`train_diffusion` reports per step.
+LOGGED_LOSSES = ("total", "diffusion", "representativeness", "diversity")
+
+
 def train_diffusion(
     model: nn.Module,
     dataset: Dataset,
@@ -209,6 +213,7 @@ def train_diffusion(
     label_drop: float = LABEL_DROP,
     progress: ProgressFn = _no_progress,
     stage: str = "diffusion",
+    trace: list[dict[str, float]] | None = None,
 ) -> tuple[nn.Module, dict[str, float]]:
     """Train ``model`` on every train image of ``dataset`` and return its EMA copy and the last losses.
 
@@ -221,6 +226,8 @@ def train_diffusion(
         cond_ids: ``[num_local_classes]`` base-model label of each local class (:func:`~.labels.base_label_ids`).
         num_classes: size of the base model's label space (the null id).
         ema_decay: 0 disables the EMA (the live model is returned).
+        trace: when given, every step's losses are appended to it (the minimax terms are computed whenever
+            ``memory`` is given, even at λ = 0, so a plain fine-tune can be traced against a minimax one).
     """
     scheduler = training_scheduler(learned_variance=model.config.out_channels == 2 * model.config.in_channels)
     tables = ProcessTables.from_scheduler(scheduler)
@@ -248,7 +255,9 @@ def train_diffusion(
         optimizer.step()
         if ema is not None:
             M.ema_update(ema, model, ema_decay)
-        last = {k: float(getattr(losses, k).detach()) for k in ("total", "diffusion", "representativeness")}
+        last = {k: float(getattr(losses, k).detach()) for k in LOGGED_LOSSES}
+        if trace is not None:
+            trace.append(last)
         if not torch.isfinite(losses.total):
             raise RuntimeError(f"{stage}: loss became {float(losses.total)} at step {step}")
         progress(stage, step + 1, steps)
