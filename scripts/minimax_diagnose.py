@@ -52,7 +52,14 @@ VARIANTS = {
     "lambda_r": ("difffit", None, 0.002, 0.0, 0),
     "full_plain": ("full", 1e-4, 0.0, 0.0, 0),
     "full_lambda_d": ("full", 1e-4, 0.0, 0.008, 0),
+    # second and third seeds of the sign-deciding pairs (not in the default list: --variants names them)
+    "lambda_d_seed1": ("difffit", None, 0.0, 0.008, 1),
+    "full_plain_seed1": ("full", 1e-4, 0.0, 0.0, 1),
+    "full_lambda_d_seed1": ("full", 1e-4, 0.0, 0.008, 1),
+    "full_plain_seed2": ("full", 1e-4, 0.0, 0.0, 2),
+    "full_lambda_d_seed2": ("full", 1e-4, 0.0, 0.008, 2),
 }
+DEFAULT_VARIANTS = ("plain", "plain_seed1", "lambda_d", "lambda_d_x10", "lambda_r", "full_plain", "full_lambda_d")
 
 
 def signed(images: torch.Tensor) -> torch.Tensor:
@@ -83,7 +90,7 @@ def main() -> None:
     parser.add_argument("--data-root", required=True, help="the CIFAR-10 folder (train/ and test/)")
     parser.add_argument("--cache", required=True, help="artifact cache for the base DiT and the generations")
     parser.add_argument("--per-class", type=int, default=30, help="images sampled per class and variant")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of the variants")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated subset of the variants")
     parser.add_argument("--pretrain-steps", type=int, default=SMOKE["pretrain_steps"], help="base DiT steps")
     parser.add_argument("--finetune-steps", type=int, default=SMOKE["finetune_steps"], help="fine-tune steps")
     parser.add_argument("--out", default="", help="also write the records here as JSON")
