@@ -297,7 +297,7 @@ class Minimax(Method):
         ranges = self.phases(ctx.dataset.num_classes)
         phased = len(ranges) > 1
         base = self.base(ctx)
-        images, labels, generations, generators = [], [], [], []
+        images, labels, generations, generators, losses = [], [], [], [], []
         for lo, hi in ranges:
             seed = derive_seed(ctx.seed, "minimax-phase", lo) if phased else ctx.seed
             sub = dataclasses.replace(ctx, dataset=ctx.dataset.with_class_range(lo, hi), seed=seed)
@@ -310,6 +310,8 @@ class Minimax(Method):
             labels.append(out["labels"] + lo)
             generations.append(art.id)
             generators.append(gen.artifact.id if gen.artifact is not None else gen.key)
+            if gen.losses is not None:  # the terms a fine-tune optimised, so a record shows whether λ acted
+                losses.append(gen.mean_losses(gen.losses.shape[0] // 2))
         perms = ipc_permutations(ctx.dataset.num_classes, c.max_ipc, ctx.seed)
         idx = ipc_subset(perms, ctx.ipc)
         meta = {
@@ -319,6 +321,8 @@ class Minimax(Method):
             "condition_ids": cond.tolist(),
             "ipc_indices": {str(k): perms[k, : ctx.ipc].tolist() for k in range(perms.shape[0])},
         }
+        if losses:
+            meta["finetune_losses_2nd_half"] = losses if phased else losses[0]
         if phased:
             meta["phases"] = [list(r) for r in ranges]
         return DistilledSet(torch.cat(images)[idx], torch.cat(labels)[idx], "uint8", meta=meta)

@@ -132,6 +132,12 @@ def test_each_stage_is_keyed_by_what_determines_it(digits, tmp_path, monkeypatch
     assert len(gens) == 4
     assert base_only.meta["generator"].startswith("digits-dit-smoke-")
     assert minimax.meta["generator"] == other_cfg.meta["generator"] != ablation.meta["generator"]
+    # fine-tuned rows record the second-half means of the terms they optimised; the base-only row has none
+    assert "finetune_losses_2nd_half" not in base_only.meta
+    mm, ab = minimax.meta["finetune_losses_2nd_half"], ablation.meta["finetune_losses_2nd_half"]
+    assert set(mm) == set(ab) == set(G.LOGGED_LOSSES)
+    assert ab["total"] == pytest.approx(ab["diffusion"]) and mm["total"] > mm["diffusion"]  # λ·L only in minimax
+    assert 0.0 < ab["diversity"] <= 1.0  # the λ = 0 ablation keeps memories too, so its terms are measured
     keys = {p.name: p for p in (tmp_path / G.KIND_FINETUNED).iterdir() if p.is_dir()}
     recipes = [ArtifactCache(tmp_path).verify(G.KIND_FINETUNED, p).key["recipe"] for p in keys.values()]
     assert sorted((r["lambda_r"], r["lambda_d"]) for r in recipes) == [(0.0, 0.0), (0.002, 0.008)]
@@ -147,9 +153,9 @@ def test_variants_share_the_preset_and_differ_only_in_stage():
     assert Minimax.preset_path() == DiT.preset_path() == DiTFinetune.preset_path()
     assert Minimax.baselines == ("dit", "minimax-finetune") and DiT.baselines == DiTFinetune.baselines == ()
     ft = make(DiTFinetune).recipes()[1]
-    assert (ft.lambda_r, ft.lambda_d, ft.uses_memory) == (0.0, 0.0, False)
+    assert (ft.lambda_r, ft.lambda_d) == (0.0, 0.0)
     mm = make().recipes()[1]
-    assert (mm.lambda_r, mm.lambda_d, mm.uses_memory, mm.memory) == (0.002, 0.008, True, 64)
+    assert (mm.lambda_r, mm.lambda_d, mm.memory) == (0.002, 0.008, 64)
     assert dataclasses.replace(mm, lambda_r=0.0, lambda_d=0.0) == ft  # nothing else differs
 
 
@@ -161,6 +167,12 @@ def test_finetuned_artifact_stores_only_the_trainable_ema_and_reloads_it(digits,
     tuned = G.finetuned(base, digits, cond, method.recipes()[1], seed=0, device=torch.device("cpu"),
                         cache=ctx.cache)  # fmt: skip
     stored = tuned.artifact.tensors()
+    trace = stored.pop(G.TRACE_KEY)
+    recipe = method.recipes()[1]
+    assert trace.shape == (recipe.steps, len(G.LOGGED_LOSSES)) and torch.equal(tuned.losses, trace)
+    total, diffusion, r, d = trace.T  # the total is the weighted sum the optimiser saw (§3.1 step 7)
+    torch.testing.assert_close(total, diffusion + recipe.lambda_r * r + recipe.lambda_d * d)
+    assert tuned.mean_losses(1)["diversity"] == pytest.approx(float(d[1:].mean()))
     assert stored and all(("bias" in n) or ("class_embedder" in n) or ("difffit_gamma" in n) for n in stored)
     assert any("difffit_gamma" in n for n in stored) and any("class_embedder" in n for n in stored)
     base_params = dict(base.model.named_parameters())
@@ -170,6 +182,8 @@ def test_finetuned_artifact_stores_only_the_trainable_ema_and_reloads_it(digits,
         else:  # frozen: the EMA of a frozen parameter is the parameter
             assert torch.equal(p, base_params[n]), n
     assert any(not torch.equal(stored[n], base_params[n]) for n in stored if n in base_params)
+    again = G.finetuned(base, digits, cond, recipe, seed=0, device=torch.device("cpu"), cache=ctx.cache)
+    assert again.artifact.id == tuned.artifact.id and torch.equal(again.losses, trace)
 
 
 def test_ema_decay_follows_the_step_rule_unless_set():

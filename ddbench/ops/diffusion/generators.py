@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 #: Bump when a change moves any generator's numbers (part of every key below).
 GENERATOR_VERSION = 1
 KIND_BASE, KIND_FINETUNED, KIND_GENERATION = "diffusion/base", "diffusion/finetuned", "diffusion/generations"
+#: Entry of a fine-tuned artifact holding its loss trace (not a parameter name: those contain dots).
+TRACE_KEY = "_losses"
 ProgressFn = Callable[[str, int, int], None]
 
 
@@ -117,10 +119,6 @@ class FinetuneRecipe:
     @property
     def ema_decay(self) -> float:
         return self.ema or M.ema_decay_for(self.steps)
-
-    @property
-    def uses_memory(self) -> bool:
-        return self.lambda_r != 0 or self.lambda_d != 0
 
 
 @dataclass(frozen=True)
@@ -276,6 +274,8 @@ class Generator:
         num_classes: size of its label space (the null id).
         space: where it runs.
         artifact: the cache entry (None for a user checkpoint used as is).
+        losses: a fine-tuned generator's per-step losses ``[steps, len(LOGGED_LOSSES)]``, columns in
+            :data:`LOGGED_LOSSES` order (None for a base model, or a fine-tune cached before the trace was stored).
     """
 
     model: nn.Module
@@ -283,6 +283,14 @@ class Generator:
     num_classes: int
     space: DiffusionSpace
     artifact: Artifact | None = None
+    losses: torch.Tensor | None = None
+
+    def mean_losses(self, first: int = 0) -> dict[str, float]:
+        """Mean of each logged loss over steps ``first:`` of the fine-tune trace (empty without a trace)."""
+        if self.losses is None or self.losses.shape[0] <= first:
+            return {}
+        means = self.losses[first:].mean(0).tolist()
+        return dict(zip(LOGGED_LOSSES, means, strict=True))
 
 
 def _dit_size(recipe: PretrainRecipe) -> M.DiTSize:
@@ -409,7 +417,9 @@ def finetuned(
     """``base`` fine-tuned on ``dataset``'s train images with the minimax terms (§3), cached by its EMA deltas.
 
     The working copy gets DiffFit γ factors (``difffit`` mode); the artifact holds the EMA of the trainable
-    parameters, which is all that differs from the base (the EMA of a frozen parameter stays equal to it).
+    parameters, which is all that differs from the base (the EMA of a frozen parameter stays equal to it), and the
+    per-step losses (:attr:`Generator.losses`). The memories are kept at λ = 0 too: the weights are then bit for bit
+    a plain fine-tune's, and the trace shows the terms a minimax run optimises, so the two can be compared.
     """
     key = {
         "version": GENERATOR_VERSION,
@@ -431,21 +441,25 @@ def finetuned(
     def compute() -> dict[str, Any]:
         model = working_copy()
         params = M.mark_trainable(model, recipe.mode)
-        memory = MinimaxMemory(recipe.memory) if recipe.uses_memory else None
+        memory = MinimaxMemory(recipe.memory)
         gen = torch.Generator().manual_seed(derive_seed(seed, "minimax-finetune"))
+        trace: list[dict[str, float]] = []
         ema, last = train_diffusion(
             model, dataset, base.space, cond_ids, num_classes=base.num_classes, steps=recipe.steps,
             batch=recipe.batch, params=params, lr=recipe.lr, ema_decay=recipe.ema_decay, generator=gen,
             device=device, flip=recipe.flip, memory=memory, lambda_r=recipe.lambda_r, lambda_d=recipe.lambda_d,
-            label_drop=recipe.label_drop, progress=progress, stage="minimax: fine-tune",
+            label_drop=recipe.label_drop, progress=progress, stage="minimax: fine-tune", trace=trace,
         )  # fmt: skip
         logger.info("minimax fine-tune (%d steps, λ_r %g, λ_d %g): last losses %s", recipe.steps, recipe.lambda_r,
                     recipe.lambda_d, last)  # fmt: skip
         names = set(_trainable_names(model, recipe.mode))
-        return {n: p.detach() for n, p in ema.named_parameters() if n in names}
+        state = {n: p.detach() for n, p in ema.named_parameters() if n in names}
+        return {**state, TRACE_KEY: torch.tensor([[t[k] for k in LOGGED_LOSSES] for t in trace])}
 
     name = f"{dataset.id}-ft"
     state, art = cache.get_or_build_tensors(KIND_FINETUNED, key, compute, name=name)
+    state = dict(state)
+    losses = state.pop(TRACE_KEY, None)
     model = working_copy()
     missing = set(_trainable_names(model, recipe.mode)) - set(state)
     if missing:
@@ -455,7 +469,7 @@ def finetuned(
         for n, v in state.items():
             params[n].copy_(v)
     model.eval().requires_grad_(False)
-    return Generator(model, {"artifact": art.id, **key}, base.num_classes, base.space, art)
+    return Generator(model, {"artifact": art.id, **key}, base.num_classes, base.space, art, losses)
 
 
 # -- stage 3: generation ---------------------------------------------------------------------------------------------
@@ -505,6 +519,8 @@ def generation(
 
 __all__ = [
     "GENERATOR_VERSION",
+    "LOGGED_LOSSES",
+    "TRACE_KEY",
     "DiffusionSpace",
     "FinetuneRecipe",
     "Generator",

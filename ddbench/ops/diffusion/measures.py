@@ -1,0 +1,85 @@
+"""How diverse and how representative a generation is: the measures behind spec ``minimax.md`` §9.2 (a) and (b).
+
+Acceptance of Minimax is relative (the paper's numbers need the ImageNet DiT): λ_d > 0 should lower the similarity
+between the generated images of a class, λ_r > 0 should raise their similarity to the real images of the class.
+Both are cosines of flattened images in [−1, 1], the space the minimax terms compare x̂₀ in on the pixel path:
+
+* **within-class cosine**: per class, the mean off-diagonal cosine between its generated images; then the mean
+  over classes (each class counts once, whatever its size);
+* **nearest-real cosine**: per generated image, the largest cosine to a real train image of its class; the mean
+  over classes of the per-class means.
+
+Raw [−1, 1] cosines are dominated by the brightness all images share, so the within-class measure can also be
+taken after subtracting a centre (the mean real train image): the *centred* cosine. One definition serves the
+acceptance test and ``scripts/minimax_diagnose.py``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ddbench.ops.diffusion.minimax import cosine_matrix
+
+if TYPE_CHECKING:
+    from ddbench.data import Dataset
+
+
+def signed(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images ``[N, C, H, W]`` as float rows ``[N, C·H·W]`` in [−1, 1] (the diffusion's pixel space)."""
+    return images.float().flatten(1) / 127.5 - 1.0
+
+
+def mean_off_diagonal_cosine(x: torch.Tensor) -> float:
+    """Mean cosine between distinct rows of ``x`` ``[n, d]`` (n ≥ 2)."""
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 rows for a pairwise cosine, got {n}")
+    sim = cosine_matrix(x, x)
+    return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
+
+
+def within_class_cosine(images: torch.Tensor, labels: torch.Tensor, centre: torch.Tensor | None = None) -> float:
+    """Mean over classes of the mean pairwise cosine between a class's images (centred on ``centre`` if given)."""
+    values = []
+    for c in labels.unique():
+        x = signed(images[labels == c])
+        values.append(mean_off_diagonal_cosine(x if centre is None else x - centre.flatten()))
+    return sum(values) / len(values)
+
+
+def nearest_real_cosine(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset) -> float:
+    """Mean over classes of the mean, over a class's images, of the max cosine to a real train image of it."""
+    values = []
+    for c in labels.unique():
+        real = signed(dataset.train.load(dataset.class_indices(int(c))))
+        values.append(float(cosine_matrix(signed(images[labels == c]), real).max(dim=1).values.mean()))
+    return sum(values) / len(values)
+
+
+def real_centre(dataset: Dataset) -> torch.Tensor:
+    """The mean real train image in [−1, 1], flattened: the centre of the centred cosine."""
+    return signed(dataset.train.load(torch.arange(len(dataset.train)))).mean(0)
+
+
+def generation_measures(
+    images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, centre: torch.Tensor | None = None
+) -> dict[str, float]:
+    """The §9.2 measures of one generation: ``within_cos``, ``within_cos_centred`` and ``nearest_real_cos``."""
+    centre = real_centre(dataset) if centre is None else centre
+    return {
+        "within_cos": within_class_cosine(images, labels),
+        "within_cos_centred": within_class_cosine(images, labels, centre),
+        "nearest_real_cos": nearest_real_cosine(images, labels, dataset),
+    }
+
+
+__all__ = [
+    "generation_measures",
+    "mean_off_diagonal_cosine",
+    "nearest_real_cosine",
+    "real_centre",
+    "signed",
+    "within_class_cosine",
+]
