@@ -8,7 +8,11 @@
 #      filelock, scikit-learn and pytest) and record nvidia-smi / torch versions;
 #   2. unpack CIFAR-10 (CIFAR-10-images-{train,test}.zip, 62 MB, copied beside the repo: --data DIR, or
 #      $DDBENCH_GPU_DATA, or .gpu-data/, shared/data/cifar10, ../shared/data/cifar10);
-#   3. pytest -m gpu;
+#   3. pytest -m gpu (addopts cleared: the image may lack pytest-benchmark, whose --benchmark-skip tox.ini passes),
+#      then the Minimax latent-path bench (tests/benchmarks/test_bench_minimax_latent.py: DiT-XL/2 + SD VAE, random
+#      weights, bf16; the 32-px tiny scale on --smoke) into latent-bench.json. It needs diffusers and
+#      pytest-benchmark: `bash scripts/gpu_deps.sh` puts their wheels in .gpu-deps/, carried to the device and
+#      installed offline here for what the image lacks; without them the bench is skipped and the log says so;
 #   4. CIFAR-10 ipc 10, SRe2L and DWA at the paper preset (recover 1000 iterations, paper rho/K/lambda), teacher =
 #      the paper CIFAR recipe with its epochs cut to $TEACHER_EPOCHS (default 30, stated in the output), evaluated under
 #      dwa-cifar (400 epochs, online teacher, mixup, KL T=30) on ResNet-18 with 3 seeds, AMP and channels-last on;
@@ -33,7 +37,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$OUT" ] || { echo "usage: bash scripts/gpu_check.sh OUTDIR [--smoke] [--data DIR] [--device cuda]" >&2; exit 2; }
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
-# OUT receives eight small files only (what a device lease sends back); caches, data and recipes live in WORK
+# OUT receives nine small files only (what a device lease sends back); caches, data and recipes live in WORK
 WORK=${GPU_CHECK_WORK:-${TMPDIR:-/tmp}/ddbench-gpu-check}
 mkdir -p "$WORK"
 export DDBENCH_HOME="${DDBENCH_HOME:-$WORK/home}"
@@ -56,6 +60,15 @@ log "1/5 install and environment"
 if ! $PY -c "import ddbench" 2>/dev/null || [ "$($PY -c 'import ddbench,os;print(os.path.dirname(ddbench.__file__))')" != "$REPO/ddbench" ]; then
   $PY -m pip install -q --no-deps --no-build-isolation -e . >>"$OUT/log.txt" 2>&1
 fi
+for group in "$REPO"/.gpu-deps/*/; do  # offline wheels for what the image cannot import (scripts/gpu_deps.sh)
+  [ -d "$group" ] || continue
+  mod=$(basename "$group")
+  if ! $PY -c "import $mod" 2>/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --target "$WORK/deps/$mod" "$group"*.whl >>"$OUT/log.txt" 2>&1
+    export PYTHONPATH="$WORK/deps/$mod${PYTHONPATH:+:$PYTHONPATH}"
+    log "installed $mod from .gpu-deps (offline)"
+  fi
+done
 { nvidia-smi 2>/dev/null || echo "no nvidia-smi"; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"; } >"$OUT/environment.txt" 2>&1
 stage install
 
@@ -105,10 +118,29 @@ stage data
 
 log "3/5 pytest -m gpu"
 set +e
-$PY -m pytest -q -m gpu -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml" >"$OUT/gpu-tests.txt" 2>&1
+$PY -m pytest -q -o addopts="" -m "gpu and not bench" -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml" \
+  >"$OUT/gpu-tests.txt" 2>&1
 GPU_TESTS=$?
-set -e
 tail -3 "$OUT/gpu-tests.txt" | tee -a "$OUT/log.txt"
+if $PY -c "import diffusers, pytest_benchmark" 2>/dev/null; then
+  if [ "$SMOKE" = 1 ]; then SCALE=tiny; else SCALE=xl; fi
+  $PY -m pytest -q -o addopts="" -m bench -k "$SCALE" -p no:cacheprovider --benchmark-only \
+    --benchmark-json="$OUT/latent-bench.json" tests/benchmarks/test_bench_minimax_latent.py >>"$OUT/gpu-tests.txt" 2>&1
+  LATENT=$?
+  tail -1 "$OUT/gpu-tests.txt" | tee -a "$OUT/log.txt"
+  [ -f "$OUT/latent-bench.json" ] && $PY - "$OUT/latent-bench.json" <<'PYEOF' | tee -a "$OUT/log.txt"
+import json, sys
+for b in json.load(open(sys.argv[1]))["benchmarks"]:
+    i = b["extra_info"]
+    print(f"latent {i['scale']} ({i['device']}, {i['dtype']}): fine-tune {i['finetune_steps_s']:.2f} steps/s "
+          f"({i['finetune_img_s']:.1f} img/s, {i['finetune_tflops']:.2f} TFLOP/s), sampling {i['sample_img_s']:.2f} "
+          f"img/s ({i['sample_tflops']:.2f} TFLOP/s), GEMM {i['gemm_tflops']:.2f} TFLOP/s, peak {i['peak_mem_gb']:.1f} GB")
+PYEOF
+  [ "$LATENT" = 0 ] || GPU_TESTS=$LATENT
+else
+  log "latent bench skipped: diffusers or pytest-benchmark missing (bash scripts/gpu_deps.sh, then carry .gpu-deps)"
+fi
+set -e
 stage gpu_tests
 
 log "4/5 CIFAR-10 ipc 10: SRe2L and DWA, paper preset, teacher epochs cut to $TEACHER_EPOCHS (paper: 200)"

@@ -16,7 +16,8 @@ it with that seed (hence the same t, ε and label-drop draws) that differ only i
 
 Cosines are of flattened images in [−1, 1], the space the minimax terms compare x̂₀ in
 (:mod:`ddbench.ops.diffusion.measures`). ``DDBENCH_MINIMAX_SCALE`` picks the budget: ``smoke`` (default; spec §9.2
-smoke column with a longer pretraining and fine-tune, ~1 h on one thread) or ``bench`` (the bench column, hours).
+smoke model with a longer pretraining and the bench column's 2000 fine-tune steps, ~1 h on one thread) or ``bench``
+(the bench column, hours).
 ``DDBENCH_TEST_HOME`` keeps the artifacts (base DiT, fine-tunes, generations) between invocations; it is the cache
 ``scripts/minimax_diagnose.py`` takes as ``--cache``, so the two share the base model and any identical fine-tune.
 """
@@ -47,12 +48,18 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="needs ddbench[diffusion]"),
 ]
 
+# The smoke base with the bench column's fine-tune length (spec §9.2: ~2k steps). λ_d = 0.008 is a small weight whose
+# effect builds up over the fine-tune (the paper runs ~12k steps): at 300 steps λ_d's change in within-class cosine
+# was inside the seed noise, at 2000 it was not (docs/benchmarks.md, "Minimax acceptance"). Both are reported there;
+# DDBENCH_MINIMAX_FINETUNE_STEPS=300 reruns the shorter one.
 SCALES = {
-    "smoke": dict(dit_size="smoke", patch=4, pretrain_steps=2000, pretrain_batch=32, finetune_steps=300, max_ipc=50),
+    "smoke": dict(dit_size="smoke", patch=4, pretrain_steps=2000, pretrain_batch=32, finetune_steps=2000, max_ipc=50),
     "bench": dict(dit_size="bench", patch=4, pretrain_steps=20000, pretrain_batch=64, pretrain_ema=0.9999,
                   finetune_steps=2000, max_ipc=50),
 }  # fmt: skip
 SCALE = os.environ.get("DDBENCH_MINIMAX_SCALE", "smoke")
+if os.environ.get("DDBENCH_MINIMAX_FINETUNE_STEPS"):
+    SCALES[SCALE]["finetune_steps"] = int(os.environ["DDBENCH_MINIMAX_FINETUNE_STEPS"])
 SEEDS = int(os.environ.get("DDBENCH_MINIMAX_SEEDS") or 3)
 
 
@@ -62,7 +69,9 @@ def mean(values: list[float]) -> float:
 
 @pytest.fixture(scope="module")
 def cifar10(tmp_path_factory):
-    return load_dataset("cifar10", cifar10_root(tmp_path_factory.mktemp("minimax-data")))
+    # under DDBENCH_TEST_HOME the data folder is kept too: its file times are part of the data key
+    home = os.environ.get("DDBENCH_TEST_HOME")
+    return load_dataset("cifar10", cifar10_root(Path(home) if home else tmp_path_factory.mktemp("minimax-data")))
 
 
 def test_minimax_terms_move_diversity_and_representativeness_the_right_way(cifar10, tmp_path):

@@ -197,21 +197,34 @@ def load_vae(source: str | Path = VAE_REPOS["ema"], *, subfolder: str | None = N
     return vae.eval().requires_grad_(False)
 
 
-def tiny_vae(sample_size: int = 32) -> AutoencoderKL:
-    """A random AutoencoderKL (two blocks of 32/64 channels, 4 latent channels, side / 2): plumbing tests only."""
+def random_vae(block_out_channels: tuple[int, ...], sample_size: int, layers_per_block: int = 1) -> AutoencoderKL:
+    """A randomly initialised AutoencoderKL with 4 latent channels (side / 2^(levels−1)), in eval mode, frozen."""
     diffusers = require_diffusers()
+    levels = len(block_out_channels)
     vae = diffusers.AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=block_out_channels,
+        layers_per_block=layers_per_block,
         latent_channels=4,
         norm_num_groups=32,
         sample_size=sample_size,
         scaling_factor=VAE_SCALE,
     )
     return vae.eval().requires_grad_(False)
+
+
+def tiny_vae(sample_size: int = 32) -> AutoencoderKL:
+    """A random AutoencoderKL (two blocks of 32/64 channels, 4 latent channels, side / 2): plumbing tests only."""
+    return random_vae((32, 64), sample_size)
+
+
+def sd_vae_random() -> AutoencoderKL:
+    """Stable Diffusion's VAE architecture (``sd-vae-ft-*``: 128/256/512/512, 2 layers per block, 256 px → 4×32×32),
+    randomly initialised: for shape and speed benchmarks of the latent path only, never for images."""
+    return random_vae((128, 256, 512, 512), 256, layers_per_block=2)
 
 
 @torch.no_grad()
@@ -355,6 +368,8 @@ __all__ = [
     "load_vae",
     "mark_trainable",
     "pixel_unet",
+    "random_vae",
+    "sd_vae_random",
     "share_conditioning",
     "tiny_latent_dit",
     "tiny_vae",
