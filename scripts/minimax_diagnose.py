@@ -1,14 +1,16 @@
 """Why does λ_d not diversify at CPU scale? Trace the minimax terms and measure the samples, per fine-tune variant.
 
-The acceptance test (``tests/test_minimax_data.py``) measured, at smoke scale on real CIFAR-10, a *higher*
-within-class cosine with λ_d > 0 than without. This script separates the possible causes, on one pixel base DiT
-(the test's smoke recipe, cached under ``--cache``):
+The acceptance test (``tests/test_minimax_data.py``) measured, at smoke scale on real CIFAR-10 with 300 fine-tune
+steps, a *higher* within-class cosine with λ_d > 0 than without. This script separates the possible causes, on one
+pixel base DiT (the test's smoke recipe, cached under ``--cache``):
 
 * **optimisation**: does the fine-tune lower the training-time diversity term (max cosine of x̂₀ to the
   predicted-sample memory) with λ_d > 0? Every variant traces it, plain ones too (the memories are filled at
   λ = 0 without changing the weights);
 * **noise**: how far apart are two plain fine-tunes with different seeds (the noise floor of the comparison)?
 * **dose**: does the effect grow with λ_d (×10)?
+* **length**: does it build up over the fine-tune (``--finetune-steps``: 300, the test's old length, or 2000, the
+  spec §9.2 bench column's)?
 * **parameter sharing**: DiffFit tunes biases, γ's and the class table, which every sample of a class shares, so
   pushing x̂₀ away from the memory can only move the whole class; full fine-tuning is the contrast;
 * **metric**: cosines of raw [−1, 1] pixels are dominated by shared brightness, so the centred cosine (minus the
