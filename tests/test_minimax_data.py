@@ -99,9 +99,11 @@ def test_minimax_terms_move_diversity_and_representativeness_the_right_way(cifar
             per_seed[name].append({**measured, "train_diversity": train["diversity"],
                                    "train_representativeness": train["representativeness"]})  # fmt: skip
     means = {name: {k: mean([r[k] for r in rows]) for k in rows[0]} for name, rows in per_seed.items()}
+    keys = ("within_cos", "within_cos_centred", "nearest_real_cos", "mean_real_cos", "train_diversity",
+            "train_representativeness")  # fmt: skip
     paired = {
         f"{name}_minus_plain": {k: [r[k] - p[k] for r, p in zip(per_seed[name], per_seed["plain"], strict=True)]
-                                for k in ("within_cos", "within_cos_centred", "nearest_real_cos", "train_diversity")}
+                                for k in keys}
         for name in ("lambda_d", "lambda_r")
     }  # fmt: skip
     report = {"scale": SCALE, "seeds": SEEDS, "means": means, "paired_differences": paired, "per_seed": per_seed}

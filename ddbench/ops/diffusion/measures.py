@@ -7,7 +7,9 @@ Both are cosines of flattened images in [−1, 1], the space the minimax terms c
 * **within-class cosine**: per class, the mean off-diagonal cosine between its generated images; then the mean
   over classes (each class counts once, whatever its size);
 * **nearest-real cosine**: per generated image, the largest cosine to a real train image of its class; the mean
-  over classes of the per-class means.
+  over classes of the per-class means;
+* **mean-real cosine** (a diagnostic beside (b)): per generated image, the mean cosine to every real train image of
+  its class, averaged the same way.
 
 Raw [−1, 1] cosines are dominated by the brightness all images share, so the within-class measure can also be
 taken after subtracting a centre (the mean real train image): the *centred* cosine. One definition serves the
@@ -58,6 +60,19 @@ def nearest_real_cosine(images: torch.Tensor, labels: torch.Tensor, dataset: Dat
     return sum(values) / len(values)
 
 
+def mean_real_cosine(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset) -> float:
+    """Mean over classes of the mean cosine between a class's generated images and all its real train images.
+
+    What L_r acts on: its hard min over the real memory (1 − min cos) pulls a prediction toward the real samples it
+    is farthest from, i.e. toward all of the class at once, which this measures and the nearest-real cosine does not.
+    """
+    values = []
+    for c in labels.unique():
+        real = signed(dataset.train.load(dataset.class_indices(int(c))))
+        values.append(float(cosine_matrix(signed(images[labels == c]), real).mean()))
+    return sum(values) / len(values)
+
+
 def real_centre(dataset: Dataset) -> torch.Tensor:
     """The mean real train image in [−1, 1], flattened: the centre of the centred cosine."""
     return signed(dataset.train.load(torch.arange(len(dataset.train)))).mean(0)
@@ -66,18 +81,21 @@ def real_centre(dataset: Dataset) -> torch.Tensor:
 def generation_measures(
     images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, centre: torch.Tensor | None = None
 ) -> dict[str, float]:
-    """The §9.2 measures of one generation: ``within_cos``, ``within_cos_centred`` and ``nearest_real_cos``."""
+    """The §9.2 measures of one generation: ``within_cos``, ``within_cos_centred``, ``nearest_real_cos`` and
+    ``mean_real_cos``."""
     centre = real_centre(dataset) if centre is None else centre
     return {
         "within_cos": within_class_cosine(images, labels),
         "within_cos_centred": within_class_cosine(images, labels, centre),
         "nearest_real_cos": nearest_real_cosine(images, labels, dataset),
+        "mean_real_cos": mean_real_cosine(images, labels, dataset),
     }
 
 
 __all__ = [
     "generation_measures",
     "mean_off_diagonal_cosine",
+    "mean_real_cosine",
     "nearest_real_cosine",
     "real_centre",
     "signed",
