@@ -17,7 +17,7 @@ def test_gpu_check_smoke_runs_on_cpu_and_writes_its_report(tmp_path: Path) -> No
            "OMP_NUM_THREADS": "1", "PYTHON": os.environ.get("PYTHON", "python")}  # fmt: skip
     env.pop("DDBENCH_GPU_DATA", None)
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), str(out), "--smoke"], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=1200)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 9 and {"summary.json", "table.md", "stage_seconds.txt", "gpu-tests.txt"} <= set(files)
