@@ -70,6 +70,9 @@ def test_nearest_real_cosine_looks_only_at_the_images_own_class():
     assert MS.nearest_real_cosine(gen, labels, dataset) == pytest.approx((0.5 - 1.0) / 2)
     # mean over all of a class's real images: [1, 1] → (0 + 0) / 2, [1, -1] → (1 - 1) / 2, so class 0 → 0; class 1 → -1
     assert MS.mean_real_cosine(gen, labels, dataset) == pytest.approx(-0.5)
+    # the farthest real image instead: [1, 1] → min(0, 0), [1, -1] → min(1, -1), so class 0 → -0.5; class 1 → -1
+    assert MS.farthest_real_cosine(gen, labels, dataset) == pytest.approx(-0.75)
+    assert MS.real_cosines(gen, labels, dataset) == pytest.approx({"nearest": -0.25, "mean": -0.5, "farthest": -0.75})
 
 
 def test_generation_measures_centres_on_the_mean_real_image():
@@ -78,5 +81,7 @@ def test_generation_measures_centres_on_the_mean_real_image():
     torch.testing.assert_close(MS.real_centre(dataset), torch.tensor([1.0, 0.0]))
     # the generation is the real set: raw cosine 0, centred [0, 1] vs [0, -1] → -1, each image its own nearest → 1
     got = MS.generation_measures(real, torch.tensor([0, 0]), dataset)
-    expected = {"within_cos": 0.0, "within_cos_centred": -1.0, "nearest_real_cos": 1.0, "mean_real_cos": 0.5}
+    # farthest: [1, 1] against {[1, 1], [1, -1]} → min(1, 0) = 0, likewise [1, -1]
+    expected = {"within_cos": 0.0, "within_cos_centred": -1.0, "nearest_real_cos": 1.0, "mean_real_cos": 0.5,
+                "farthest_real_cos": 0.0}  # fmt: skip
     assert got == pytest.approx(expected)

@@ -9,7 +9,10 @@ Both are cosines of flattened images in [−1, 1], the space the minimax terms c
 * **nearest-real cosine**: per generated image, the largest cosine to a real train image of its class; the mean
   over classes of the per-class means;
 * **mean-real cosine** (a diagnostic beside (b)): per generated image, the mean cosine to every real train image of
-  its class, averaged the same way.
+  its class, averaged the same way;
+* **farthest-real cosine** (a diagnostic beside (b)): per generated image, the *smallest* cosine to a real train
+  image of its class, averaged the same way. L_r's hard min (1 − min cos over predictions × real memory) raises
+  exactly this worst case, which need not raise the nearest-real cosine.
 
 Raw [−1, 1] cosines are dominated by the brightness all images share, so the within-class measure can also be
 taken after subtracting a centre (the mean real train image): the *centred* cosine. One definition serves the
@@ -51,26 +54,36 @@ def within_class_cosine(images: torch.Tensor, labels: torch.Tensor, centre: torc
     return sum(values) / len(values)
 
 
-def nearest_real_cosine(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset) -> float:
-    """Mean over classes of the mean, over a class's images, of the max cosine to a real train image of it."""
-    values = []
+def real_cosines(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset) -> dict[str, float]:
+    """Each generated image against the real train images of its own class: the nearest-, mean- and farthest-real
+    cosines, each a mean over classes of the mean over the class's images (one pass over the real images)."""
+    per_class: dict[str, list[float]] = {"nearest": [], "mean": [], "farthest": []}
     for c in labels.unique():
         real = signed(dataset.train.load(dataset.class_indices(int(c))))
-        values.append(float(cosine_matrix(signed(images[labels == c]), real).max(dim=1).values.mean()))
-    return sum(values) / len(values)
+        sim = cosine_matrix(signed(images[labels == c]), real)
+        per_class["nearest"].append(float(sim.max(dim=1).values.mean()))
+        per_class["mean"].append(float(sim.mean()))
+        per_class["farthest"].append(float(sim.min(dim=1).values.mean()))
+    return {k: sum(v) / len(v) for k, v in per_class.items()}
+
+
+def nearest_real_cosine(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset) -> float:
+    """Mean over classes of the mean, over a class's images, of the max cosine to a real train image of it."""
+    return real_cosines(images, labels, dataset)["nearest"]
 
 
 def mean_real_cosine(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset) -> float:
-    """Mean over classes of the mean cosine between a class's generated images and all its real train images.
+    """Mean over classes of the mean cosine between a class's generated images and all its real train images."""
+    return real_cosines(images, labels, dataset)["mean"]
 
-    What L_r acts on: its hard min over the real memory (1 − min cos) pulls a prediction toward the real samples it
-    is farthest from, i.e. toward all of the class at once, which this measures and the nearest-real cosine does not.
+
+def farthest_real_cosine(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset) -> float:
+    """Mean over classes of the mean, over a class's images, of the min cosine to a real train image of it.
+
+    What L_r's hard min acts on: 1 − min cos over (prediction, real memory) pairs pulls the worst pair together,
+    i.e. a prediction toward the real sample it is farthest from, not toward its nearest one.
     """
-    values = []
-    for c in labels.unique():
-        real = signed(dataset.train.load(dataset.class_indices(int(c))))
-        values.append(float(cosine_matrix(signed(images[labels == c]), real).mean()))
-    return sum(values) / len(values)
+    return real_cosines(images, labels, dataset)["farthest"]
 
 
 def real_centre(dataset: Dataset) -> torch.Tensor:
@@ -81,23 +94,27 @@ def real_centre(dataset: Dataset) -> torch.Tensor:
 def generation_measures(
     images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, centre: torch.Tensor | None = None
 ) -> dict[str, float]:
-    """The §9.2 measures of one generation: ``within_cos``, ``within_cos_centred``, ``nearest_real_cos`` and
-    ``mean_real_cos``."""
+    """The §9.2 measures of one generation: ``within_cos``, ``within_cos_centred``, ``nearest_real_cos``,
+    ``mean_real_cos`` and ``farthest_real_cos``."""
     centre = real_centre(dataset) if centre is None else centre
+    real = real_cosines(images, labels, dataset)
     return {
         "within_cos": within_class_cosine(images, labels),
         "within_cos_centred": within_class_cosine(images, labels, centre),
-        "nearest_real_cos": nearest_real_cosine(images, labels, dataset),
-        "mean_real_cos": mean_real_cosine(images, labels, dataset),
+        "nearest_real_cos": real["nearest"],
+        "mean_real_cos": real["mean"],
+        "farthest_real_cos": real["farthest"],
     }
 
 
 __all__ = [
+    "farthest_real_cosine",
     "generation_measures",
     "mean_off_diagonal_cosine",
     "mean_real_cosine",
     "nearest_real_cosine",
     "real_centre",
+    "real_cosines",
     "signed",
     "within_class_cosine",
 ]
