@@ -1,24 +1,29 @@
 """Why does λ_d not diversify at CPU scale? Trace the minimax terms and measure the samples, per fine-tune variant.
 
-The acceptance test (``tests/test_minimax_data.py``) measured, at smoke scale on real CIFAR-10 with 300 fine-tune
-steps, a *higher* within-class cosine with λ_d > 0 than without. This script separates the possible causes, on one
-pixel base DiT (the test's smoke recipe, cached under ``--cache``):
+The acceptance test (``tests/test_minimax_data.py``) measured, at smoke scale on real CIFAR-10, a *higher*
+within-class cosine with λ_d > 0 than without (300 fine-tune steps) and a *lower* nearest-real cosine with λ_r > 0
+(2000 steps). This script separates the possible causes, on one pixel base DiT (the test's smoke recipe, cached under
+``--cache``; a variant whose recipe and seed match one of the test's reuses its fine-tune and generation, and its
+record equals the test's):
 
 * **optimisation**: does the fine-tune lower the training-time diversity term (max cosine of x̂₀ to the
   predicted-sample memory) with λ_d > 0? Every variant traces it, plain ones too (the memories are filled at
   λ = 0 without changing the weights);
 * **noise**: how far apart are two plain fine-tunes with different seeds (the noise floor of the comparison)?
-* **dose**: does the effect grow with λ_d (×10)?
-* **length**: does it build up over the fine-tune (``--finetune-steps``: 300, the test's old length, or 2000, the
-  spec §9.2 bench column's)?
+* **dose**: does the effect grow with λ_d or λ_r (×10)? A sign that holds and grows with the weight is the term's
+  doing, not seed noise;
+* **length**: does it build up over the fine-tune (``--finetune-steps``: 2000, the test's and the spec §9.2 bench
+  column's, or 300, the test's old length)?
 * **parameter sharing**: DiffFit tunes biases, γ's and the class table, which every sample of a class shares, so
   pushing x̂₀ away from the memory can only move the whole class; full fine-tuning is the contrast;
 * **metric**: cosines of raw [−1, 1] pixels are dominated by shared brightness, so the centred cosine (minus the
-  real train mean image) is printed beside them.
+  real train mean image) is printed beside them; beside the nearest-real cosine of (b), the mean- and
+  farthest-real ones (L_r's hard min raises the farthest pair's cosine, not the nearest's).
 
 Prints one JSON record per variant (and writes them to ``--out``). Every stage is a cached artifact (the
 fine-tunes too, keyed by their recipe and seed), so a rerun with more variants or seeds computes only what is new.
-CPU cost at the defaults: the base pretraining (~25 min on one thread) then ~1–5 min per variant.
+Each fine-tune is sampled with its own seed, as ``Minimax.distill`` does. CPU cost at the defaults, one thread: the
+base pretraining (~5 min) then ~4 min per variant and seed (fine-tune ~1.7 min, 50 images per class ~2 min).
 
 Example:
     OMP_NUM_THREADS=1 python scripts/minimax_diagnose.py --data-root DIR/cifar10 --cache /tmp/mmcache --out d.json
@@ -41,7 +46,8 @@ from ddbench.method import DistillContext
 from ddbench.ops.diffusion import generators as G
 from ddbench.ops.diffusion.measures import generation_measures, real_centre
 
-SMOKE = dict(dit_size="smoke", patch=4, pretrain_steps=2000, pretrain_batch=32, finetune_steps=300, max_ipc=50)
+#: the acceptance test's smoke scale, so the two share the base, the fine-tunes and the generations
+SMOKE = dict(dit_size="smoke", patch=4, pretrain_steps=2000, pretrain_batch=32, finetune_steps=2000, max_ipc=50)
 
 #: name → (mode, lr or None for the preset's, λ_r, λ_d); ``--seeds`` gives the fine-tune seeds of each
 VARIANTS = {
@@ -49,6 +55,7 @@ VARIANTS = {
     "lambda_d": ("difffit", None, 0.0, 0.008),
     "lambda_d_x10": ("difffit", None, 0.0, 0.08),
     "lambda_r": ("difffit", None, 0.002, 0.0),
+    "lambda_r_x10": ("difffit", None, 0.02, 0.0),
     "full_plain": ("full", 1e-4, 0.0, 0.0),
     "full_lambda_d": ("full", 1e-4, 0.0, 0.008),
 }
@@ -59,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True, help="the CIFAR-10 folder (train/ and test/)")
     parser.add_argument("--cache", required=True, help="artifact cache for the base DiT, fine-tunes and generations")
-    parser.add_argument("--per-class", type=int, default=30, help="images sampled per class and variant")
+    parser.add_argument("--per-class", type=int, default=SMOKE["max_ipc"], help="images sampled per class and variant")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated subset of the variants")
     parser.add_argument("--seeds", default="0", help="comma-separated fine-tune seeds, each run for every variant")
     parser.add_argument("--pretrain-steps", type=int, default=SMOKE["pretrain_steps"], help="base DiT steps")
@@ -85,7 +92,7 @@ def main() -> None:
             mode, lr, lambda_r, lambda_d = VARIANTS[name]
             recipe = dataclasses.replace(ft, mode=mode, lr=lr or ft.lr, lambda_r=lambda_r, lambda_d=lambda_d)
             tuned = G.finetuned(base, dataset, cond, recipe, seed=seed, device=device, cache=cache)
-            out, _ = G.generation(tuned, dataset, cond, sample, seed=0, device=device, cache=cache)
+            out, _ = G.generation(tuned, dataset, cond, sample, seed=seed, device=device, cache=cache)
             second_half = tuned.mean_losses(recipe.steps // 2)
             record = {
                 "mode": mode, "lr": recipe.lr, "lambda_r": lambda_r, "lambda_d": lambda_d, "seed": seed,
