@@ -58,6 +58,7 @@ VARIANTS = {
     "lambda_r_x10": ("difffit", None, 0.02, 0.0),
     "full_plain": ("full", 1e-4, 0.0, 0.0),
     "full_lambda_d": ("full", 1e-4, 0.0, 0.008),
+    "full_lambda_r": ("full", 1e-4, 0.002, 0.0),
 }
 DEFAULT_VARIANTS = ("plain", "lambda_d", "lambda_d_x10", "lambda_r", "full_plain", "full_lambda_d")
 
