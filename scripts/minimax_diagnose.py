@@ -14,8 +14,8 @@ record equals the test's):
   doing, not seed noise;
 * **length**: does it build up over the fine-tune (``--finetune-steps``: 2000, the test's and the spec §9.2 bench
   column's, or 300, the test's old length)?
-* **parameter sharing**: DiffFit tunes biases, γ's and the class table, which every sample of a class shares, so
-  pushing x̂₀ away from the memory can only move the whole class; full fine-tuning is the contrast;
+* **parameter sharing**: DiffFit tunes biases, γ's and the class table, which every sample of a class shares;
+  full fine-tuning is the contrast (at 2000 steps it moved the samples the same way, so this is not the cause);
 * **metric**: cosines of raw [−1, 1] pixels are dominated by shared brightness, so the centred cosine (minus the
   real train mean image) is printed beside them; beside the nearest-real cosine of (b), the mean- and
   farthest-real ones (L_r's hard min raises the farthest pair's cosine, not the nearest's).

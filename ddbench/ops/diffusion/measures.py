@@ -55,8 +55,12 @@ def within_class_cosine(images: torch.Tensor, labels: torch.Tensor, centre: torc
 
 
 def real_cosines(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset) -> dict[str, float]:
-    """Each generated image against the real train images of its own class: the nearest-, mean- and farthest-real
-    cosines, each a mean over classes of the mean over the class's images (one pass over the real images)."""
+    """Each generated image against the real train images of its own class, in one pass over them.
+
+    Returns ``nearest`` (max cosine), ``mean`` and ``farthest`` (min cosine), each the mean over classes of the
+    mean over a class's images. ``farthest`` is what L_r's hard min acts on: 1 − min cos over (prediction, real
+    memory) pairs pulls the worst pair together, i.e. a prediction toward the real sample it is farthest from.
+    """
     per_class: dict[str, list[float]] = {"nearest": [], "mean": [], "farthest": []}
     for c in labels.unique():
         real = signed(dataset.train.load(dataset.class_indices(int(c))))
@@ -65,25 +69,6 @@ def real_cosines(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset) -
         per_class["mean"].append(float(sim.mean()))
         per_class["farthest"].append(float(sim.min(dim=1).values.mean()))
     return {k: sum(v) / len(v) for k, v in per_class.items()}
-
-
-def nearest_real_cosine(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset) -> float:
-    """Mean over classes of the mean, over a class's images, of the max cosine to a real train image of it."""
-    return real_cosines(images, labels, dataset)["nearest"]
-
-
-def mean_real_cosine(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset) -> float:
-    """Mean over classes of the mean cosine between a class's generated images and all its real train images."""
-    return real_cosines(images, labels, dataset)["mean"]
-
-
-def farthest_real_cosine(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset) -> float:
-    """Mean over classes of the mean, over a class's images, of the min cosine to a real train image of it.
-
-    What L_r's hard min acts on: 1 − min cos over (prediction, real memory) pairs pulls the worst pair together,
-    i.e. a prediction toward the real sample it is farthest from, not toward its nearest one.
-    """
-    return real_cosines(images, labels, dataset)["farthest"]
 
 
 def real_centre(dataset: Dataset) -> torch.Tensor:
@@ -108,11 +93,8 @@ def generation_measures(
 
 
 __all__ = [
-    "farthest_real_cosine",
     "generation_measures",
     "mean_off_diagonal_cosine",
-    "mean_real_cosine",
-    "nearest_real_cosine",
     "real_centre",
     "real_cosines",
     "signed",
